@@ -1,0 +1,45 @@
+with source as (
+
+    select * from {{ source('coveo', 'events_raw') }}
+
+),
+
+parsed as (
+
+    select
+        etl_id,
+        etl_timestamp,
+        api_key,
+        {{ json_string('raw_data', 'session_id_hash') }} as session_id,
+        {{ json_string('raw_data', 'event_type') }} as event_type,
+        nullif(lower(trim({{ json_string('raw_data', 'product_action') }})), '') as product_action,
+        nullif(lower(trim({{ json_string('raw_data', 'product_sku_hash') }})), '') as product_sku,
+        cast({{ json_string('raw_data', 'server_timestamp_epoch_ms') }} as bigint) as event_epoch_ms,
+        {{ json_string('raw_data', 'hashed_url') }} as hashed_url
+    from source
+
+),
+
+-- The log is append-only, so the same event loaded twice appears twice: keep its first load.
+deduplicated as (
+
+    select *
+    from parsed
+    qualify row_number() over (
+        partition by api_key, session_id, event_epoch_ms, event_type, product_action, product_sku, hashed_url
+        order by etl_timestamp, etl_id
+    ) = 1
+
+),
+
+final as (
+
+    select
+        *,
+        {{ epoch_ms_to_timestamp('event_epoch_ms') }} as event_at,
+        cast({{ epoch_ms_to_timestamp('event_epoch_ms') }} as date) as event_date
+    from deduplicated
+
+)
+
+select * from final

@@ -1,0 +1,153 @@
+"""The Post-Modern Stack, end to end: dbt turns the raw log into sessions, an LSTM learns to predict the
+next product, it is tested beside a popularity baseline on the same cases, and the model is deployed.
+
+    python flows/recommender_flow.py run
+    python flows/recommender_flow.py card view run_transformation --id dbt
+    python flows/recommender_flow.py card view test_model --id evaluation
+
+Every step is a few lines that call tested functions of the `postmodern` package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+from metaflow import FlowSpec, Parameter, batch, card, current, step
+
+from postmodern.compute import enable_decorator
+from postmodern.config import load_settings
+
+SETTINGS = load_settings()  # a missing variable of a chosen cloud path stops here, named
+
+
+class RecommenderFlow(FlowSpec):
+    """Train, test and deploy a session-based next-item recommender from the warehouse's raw log."""
+
+    start_date = Parameter("start_date", default="", help="First session date to read (YYYY-MM-DD; empty: all).")
+    end_date = Parameter("end_date", default="", help="Last session date to read (YYYY-MM-DD; empty: all).")
+    epochs = Parameter("epochs", default=12, type=int, help="Most training epochs (early stopping may end sooner).")
+    embedding_dim = Parameter("embedding_dim", default=64, type=int, help="Item embedding size.")
+    hidden_dim = Parameter("hidden_dim", default=128, type=int, help="LSTM hidden size.")
+    k = Parameter("k", default=20, type=int, help="Cut-off of the ranking metrics (HR@k, MRR@k).")
+
+    @step
+    def start(self):
+        """Check the settings and that the warehouse holds a raw log."""
+        from postmodern.warehouse import check_raw_log
+
+        self.settings_summary = SETTINGS.public_summary()
+        self.raw_events = check_raw_log(SETTINGS)
+        print(f"settings: {self.settings_summary}; {self.raw_events:,} raw events in the log")
+        self.next(self.run_transformation)
+
+    @card(type="blank", id="dbt")
+    @step
+    def run_transformation(self):
+        """dbt build (models and tests) from Python; the card shows the DAG and the test results."""
+        from postmodern.evaluation.cards import dbt_card_components
+        from postmodern.transform import model_row_counts, run_transformation
+        from postmodern.transform.dag import dag_from_manifest
+
+        build = run_transformation(SETTINGS, cause=f"Metaflow {current.pathspec} by {current.username}")
+        dag = dag_from_manifest(build.manifest, build.results)
+        self.dbt_summary = build.summary()
+        current.card.extend(dbt_card_components(dag, build.seconds, self.dbt_summary, model_row_counts(SETTINGS, dag)))
+        self.next(self.get_dataset)
+
+    @step
+    def get_dataset(self):
+        """Read the session mart for the date window and the organisation's api key."""
+        from postmodern.model.dataset import read_session_mart
+        from postmodern.warehouse import connect
+
+        warehouse = connect(SETTINGS, read_only=True)
+        self.sessions = read_session_mart(warehouse, SETTINGS.application_api_key, self.start_date, self.end_date)
+        warehouse.close()
+        print(f"{self.sessions.num_rows:,} sessions read from the mart")
+        self.next(self.prepare_dataset)
+
+    @step
+    def prepare_dataset(self):
+        """Time-based train/validation/test split and the SKU vocabulary."""
+        from postmodern.model.dataset import prepare_splits
+
+        self.splits = prepare_splits(self.sessions)
+        print(self.splits.stats())
+        self.next(self.train_model)
+
+    @enable_decorator(batch(gpu=1, memory=24000), flag=SETTINGS.en_batch)
+    @step
+    def train_model(self):
+        """Train the LSTM with early stopping; parameters and per-epoch metrics go to the tracker."""
+        from postmodern.model.lstm import LSTMConfig
+        from postmodern.model.train import TrainConfig, train_lstm
+        from postmodern.tracking import tracked_run
+
+        model_config = LSTMConfig(self.splits.vocabulary.size_with_padding, self.embedding_dim, self.hidden_dim)
+        train_config = TrainConfig(epochs=self.epochs)
+        tags = {"metaflow_pathspec": current.pathspec, "metaflow_run_id": current.run_id}
+        with tracked_run(SETTINGS, f"lstm-{current.run_id}", tags) as tracker:
+            tracker.log_params({**asdict(model_config), **asdict(train_config), **self.splits.stats()})
+            result = train_lstm(
+                self.splits,
+                model_config,
+                train_config,
+                on_epoch=lambda record: tracker.log_metrics(asdict(record), step=record.epoch),
+            )
+            self.tracking_run_id = tracker.run_id
+        self.model = result.model
+        self.training_history = [asdict(record) for record in result.history]
+        self.next(self.test_model)
+
+    @card(type="blank", id="evaluation")
+    @step
+    def test_model(self):
+        """HR@k and MRR@k of the LSTM and the popularity baseline on the same next-item test cases."""
+        from postmodern.evaluation.cards import evaluation_card_components
+        from postmodern.evaluation.metrics import evaluate_ranker, next_item_cases
+        from postmodern.model.baselines import PopularityRanker
+        from postmodern.model.lstm import LSTMRanker
+        from postmodern.tracking import tracked_run
+
+        cases = next_item_cases(self.splits.test)
+        rankers = [LSTMRanker(self.model), PopularityRanker(self.splits.train_counts)]
+        self.test_results = {ranker.name: evaluate_ranker(ranker, cases, self.k) for ranker in rankers}
+        with tracked_run(SETTINGS, "", {}, run_id=self.tracking_run_id) as tracker:
+            for name, metrics in self.test_results.items():
+                tracker.log_metrics({f"test_{name}_{metric}": value for metric, value in metrics.items()})
+        for name, metrics in self.test_results.items():
+            print(f"{name:>12}: MRR@{self.k} {metrics[f'mrr@{self.k}']:.4f}  HR@{self.k} {metrics[f'hr@{self.k}']:.4f}")
+        current.card.extend(
+            evaluation_card_components(self.test_results, self.k, self.training_history, self.splits.stats())
+        )
+        self.next(self.deploy)
+
+    @step
+    def deploy(self):
+        """Bundle the model (weights, vocabulary, config, fallback, metadata) and deploy it."""
+        from postmodern.model.bundle import make_bundle
+        from postmodern.serving.deploy import deploy_bundle
+
+        version = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{current.run_id}"
+        metadata = {
+            "model_version": version,
+            "metaflow_pathspec": current.pathspec,
+            "tracking_run_id": self.tracking_run_id,
+            "data_window": self.splits.boundaries,
+            "test_metrics": self.test_results,
+        }
+        self.model_bundle = make_bundle(self.model, self.splits.vocabulary, self.splits.train_counts, metadata)
+        self.deployed_to = deploy_bundle(self.model_bundle, SETTINGS)
+        print(f"model {version} deployed to {self.deployed_to}")
+        self.next(self.end)
+
+    @step
+    def end(self):
+        """Summarise where the results are."""
+        lstm, popularity = (self.test_results[name][f"mrr@{self.k}"] for name in ("lstm", "popularity"))
+        print(f"MRR@{self.k}: LSTM {lstm:.4f} vs popularity {popularity:.4f}; model at {self.deployed_to}")
+
+
+if __name__ == "__main__":
+    RecommenderFlow()

@@ -1,0 +1,151 @@
+"""The `postmodern` command: generate data, load it, serve the model, and say what to do next."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+DEFAULT_DATA_DIR = Path("data/coveo")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from postmodern.data.generator import PROFILES, generate_dataset
+
+    config = PROFILES[args.profile]
+    if args.sessions:
+        config = replace(config, n_sessions=args.sessions)
+    if args.seed is not None:
+        config = replace(config, seed=args.seed)
+    summary = generate_dataset(args.output, config, progress=not args.quiet)
+    print(
+        f"wrote {summary.events:,} events in {summary.sessions:,} sessions to {summary.browsing_path} "
+        f"and {summary.products:,} products to {summary.catalog_path}"
+    )
+
+
+def _load(args: argparse.Namespace) -> None:
+    from postmodern.config import load_settings
+    from postmodern.data.load import load_coveo_files
+    from postmodern.warehouse import connect
+
+    overrides = {"max_sessions": args.max_sessions} if args.max_sessions else {}
+    settings = load_settings(**overrides)
+    warehouse = connect(settings)
+    try:
+        summary = load_coveo_files(warehouse, settings, args.path, progress=not args.quiet)
+    finally:
+        warehouse.close()
+    print(summary.describe())
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from postmodern.config import load_settings
+    from postmodern.serving.app import create_app
+    from postmodern.serving.registry import resolve_model_dir
+
+    model_dir = resolve_model_dir(args.model, load_settings().registry_dir)
+    print(f"serving {model_dir} on http://{args.host}:{args.port}")
+    uvicorn.run(create_app(model_dir), host=args.host, port=args.port, log_level="warning")
+
+
+def _next_steps(args: argparse.Namespace) -> None:
+    from postmodern.config import load_settings
+
+    settings = load_settings()
+    flow = "python flows/recommender_flow.py"
+    print(f"""
+Done. Where things are:
+  warehouse      {settings.duckdb_path if settings.warehouse == "duckdb" else "Snowflake " + settings.sf_db}
+  model registry {settings.registry_dir} (latest: {_latest_version(settings.registry_dir)})
+  tracking       {settings.resolved_mlflow_uri}
+
+Next:
+  view the cards       .venv/bin/{flow} card view run_transformation --id dbt
+                       .venv/bin/{flow} card view test_model --id evaluation
+                       (or browse all cards: .venv/bin/{flow} card server)
+  serve the model      make serve      (then, in another shell:)
+                       curl -s -XPOST localhost:8080/invocations -H 'content-type: application/json' \\
+                            -d '{{"sessions": [["{_some_sku(settings)}"]], "k": 5}}'
+  open the MLflow UI   .venv/bin/mlflow ui --backend-store-uri {settings.resolved_mlflow_uri}
+""")
+
+
+def _latest_version(registry_dir: Path) -> str:
+    pointer = registry_dir / "LATEST"
+    return pointer.read_text().strip() if pointer.exists() else "none yet"
+
+
+def _some_sku(settings) -> str:
+    from postmodern.model.bundle import BundleError, ModelBundle
+    from postmodern.serving.registry import latest_bundle_dir
+
+    try:
+        return ModelBundle.load(latest_bundle_dir(settings.registry_dir)).popular_skus[0]
+    except (BundleError, IndexError):
+        return "<a SKU>"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="postmodern", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser(
+        "generate", help="write Coveo-format browsing data (browsing_train.csv, sku_to_content.csv)"
+    )
+    generate.add_argument(
+        "--profile",
+        default="small",
+        choices=["tiny", "small", "coveo-full"],
+        help="size and shape of the data (default: small; coveo-full is the real scale)",
+    )
+    generate.add_argument("--sessions", type=int, help="override the profile's number of sessions")
+    generate.add_argument("--seed", type=int, help="override the profile's random seed")
+    generate.add_argument("--output", type=Path, default=DEFAULT_DATA_DIR, help=f"folder (default {DEFAULT_DATA_DIR})")
+    generate.add_argument("--quiet", action="store_true", help="no progress bar")
+    generate.set_defaults(run=_generate)
+
+    load = commands.add_parser("load", help="append Coveo-format files to the warehouse's raw log as one load")
+    load.add_argument(
+        "--path",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help=f"folder with browsing_train.csv and sku_to_content.csv (default {DEFAULT_DATA_DIR})",
+    )
+    load.add_argument("--max-sessions", type=int, help="load the first N sessions only (default: MAX_SESSIONS)")
+    load.add_argument("--quiet", action="store_true", help="no progress bar")
+    load.set_defaults(run=_load)
+
+    serve = commands.add_parser("serve", help="serve the latest deployed model (SageMaker's /ping, /invocations)")
+    serve.add_argument(
+        "--model", type=Path, help="a bundle folder (default: /opt/ml/model, else the registry's latest)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080, as SageMaker expects)")
+    serve.set_defaults(run=_serve)
+
+    next_steps = commands.add_parser("next-steps", help="print where the results are and what to type next")
+    next_steps.set_defaults(run=_next_steps)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from postmodern.config import ConfigError
+    from postmodern.data.load import LoadError
+    from postmodern.model.bundle import BundleError
+    from postmodern.warehouse import WarehouseError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ConfigError, LoadError, BundleError, WarehouseError) as error:
+        print(f"postmodern {args.command}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

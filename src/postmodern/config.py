@@ -1,0 +1,136 @@
+"""Typed settings, read once from the environment and `.env`.
+
+Every variable of the original project is here with an embedded default where one can serve, so the
+local path needs no `.env` at all. Choosing a cloud path (Snowflake, dbt Cloud, Comet, SageMaker)
+makes its variables required, and a missing one fails at start-up with the variable's name.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(ValueError):
+    """A setting needed by the chosen path is missing or invalid."""
+
+
+# Variables each cloud path needs, by the name a user sets in the environment.
+REQUIRED_FOR_SNOWFLAKE = ("SF_USER", "SF_PWD", "SF_ACCOUNT", "SF_DB", "SF_ROLE")
+REQUIRED_FOR_DBT_CLOUD = ("DBT_ACCOUNT_ID", "DBT_PROJECT_ID", "DBT_JOB_ID", "DBT_API_KEY")
+REQUIRED_FOR_SAGEMAKER = ("SAGEMAKER_ROLE", "SAGEMAKER_IMAGE", "SAGEMAKER_BUCKET")
+
+
+class Settings(BaseSettings):
+    """All configuration of the stack. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False, env_ignore_empty=True
+    )
+
+    # Warehouse
+    warehouse: Literal["duckdb", "snowflake"] = "duckdb"
+    duckdb_path: Path = Field(default=Path("data/warehouse.duckdb"))
+    sf_schema: str = "POST_MODERN_DATA_STACK"
+    sf_table: str = "COVEO_DATASET_RAW"
+    sf_catalog_table: str = "COVEO_CATALOG_RAW"
+    sf_user: str | None = None
+    sf_pwd: SecretStr | None = None
+    sf_account: str | None = None
+    sf_db: str | None = None
+    sf_role: str | None = None
+    sf_warehouse: str | None = None
+
+    # Data
+    application_api_key: str = "postmodern-local"
+    max_sessions: int | None = Field(default=None, ge=1)
+    data_dir: Path = Path("data")
+
+    # Compute and tracking
+    en_batch: bool = False
+    comet_api_key: SecretStr | None = None
+    comet_project: str = "post-modern-stack"
+    mlflow_tracking_uri: str | None = None
+
+    # dbt
+    dbt_cloud: bool = False
+    dbt_account_id: str | None = None
+    dbt_project_id: str | None = None
+    dbt_job_id: str | None = None
+    dbt_api_key: SecretStr | None = None
+    dbt_cloud_url: str = "https://cloud.getdbt.com"
+
+    # Deployment and serving
+    sagemaker_deploy: bool = False
+    sagemaker_role: str | None = None
+    sagemaker_image: str | None = None
+    sagemaker_bucket: str | None = None
+    sagemaker_instance: str = "ml.m5.large"
+    sagemaker_endpoint: str = "post-modern-stack"
+    registry_dir: Path = Path("data/registry")
+
+    @model_validator(mode="after")
+    def _cloud_paths_are_complete(self) -> Settings:
+        required: list[str] = []
+        if self.warehouse == "snowflake":
+            required += REQUIRED_FOR_SNOWFLAKE
+        if self.dbt_cloud:
+            required += REQUIRED_FOR_DBT_CLOUD
+        if self.sagemaker_deploy:
+            required += REQUIRED_FOR_SAGEMAKER
+        missing = [name for name in required if not getattr(self, name.lower())]
+        if missing:
+            raise ConfigError(
+                "missing settings for the chosen path: "
+                + ", ".join(missing)
+                + " (set them in the environment or in .env; see .env.example)"
+            )
+        return self
+
+    @property
+    def tracker(self) -> Literal["mlflow", "comet"]:
+        return "comet" if self.comet_api_key else "mlflow"
+
+    @cached_property
+    def resolved_mlflow_uri(self) -> str:
+        """MLflow's local SQLite store beside the data unless a tracking server is configured."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+    def public_summary(self) -> dict[str, object]:
+        """What a card or log may show: the chosen paths and names, no credential."""
+        return {
+            "warehouse": self.warehouse,
+            "schema": self.sf_schema,
+            "raw_table": self.sf_table,
+            "api_key": self.application_api_key[:4] + "…",
+            "max_sessions": self.max_sessions,
+            "tracker": self.tracker,
+            "dbt": "dbt Cloud" if self.dbt_cloud else "dbt core",
+            "deploy": "SageMaker" if self.sagemaker_deploy else "local registry",
+            "compute": "AWS Batch" if self.en_batch else "local",
+        }
+
+    def dbt_vars(self) -> dict[str, str]:
+        """The variables the dbt project reads (as the original flow passed them)."""
+        return {"SF_SCHEMA": self.sf_schema, "SF_TABLE": self.sf_table, "SF_CATALOG_TABLE": self.sf_catalog_table}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings; turns pydantic's validation error into a ConfigError with a readable message."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        messages = []
+        for item in error.errors():
+            message = item["msg"].removeprefix("Value error, ")
+            field = ".".join(str(part) for part in item["loc"]).upper()
+            messages.append(f"{field}: {message}" if field else message)
+        raise ConfigError("invalid settings: " + "; ".join(messages)) from None

@@ -1,0 +1,1 @@
+"""Metrics, the evaluation protocol and the Metaflow card builders."""

@@ -1,0 +1,180 @@
+"""Metaflow card builders: plain functions returning card components, so they are tested like any code."""
+
+from __future__ import annotations
+
+from metaflow.cards import Markdown, Table, VegaChart
+
+from postmodern.transform.dag import Dag
+
+STATUS_COLOURS = {
+    "success": "#2e7d32",
+    "pass": "#2e7d32",
+    "warn": "#f9a825",
+    "error": "#c62828",
+    "fail": "#c62828",
+    "skipped": "#9e9e9e",
+    "none": "#1565c0",
+}
+
+
+def dag_chart_spec(dag: Dag) -> dict:
+    """A Vega-Lite picture of sources and models by layer; tests show as counts on their node."""
+    shown = [node for node in dag.nodes if node.resource_type != "test"]
+    layer_positions: dict[int, int] = {}
+    points = []
+    for node in shown:
+        row = layer_positions.get(node.layer, 0)
+        layer_positions[node.layer] = row + 1
+        tests = dag.tests_of(node.unique_id)
+        passed = sum(1 for test in tests if test.status == "pass")
+        points.append(
+            {
+                "id": node.unique_id,
+                "name": node.name,
+                "type": node.resource_type,
+                "layer": node.layer,
+                "row": row,
+                "status": node.status or "none",
+                "materialized": node.materialized or node.resource_type,
+                "tests": f"{passed}/{len(tests)} tests pass" if tests else "no tests",
+            }
+        )
+    where = {point["id"]: point for point in points}
+    links = [
+        {"x": where[p]["layer"], "y": where[p]["row"], "x2": where[c]["layer"], "y2": where[c]["row"]}
+        for p, c in dag.edges
+        if p in where and c in where
+    ]
+    x = {"field": "layer", "type": "quantitative", "axis": None, "scale": {"padding": 40}}
+    y = {"field": "row", "type": "quantitative", "axis": None, "scale": {"reverse": True, "padding": 30}}
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "width": 700,
+        "height": 60 + 50 * max(layer_positions.values(), default=1),
+        "layer": [
+            {
+                "data": {"values": links},
+                "mark": {"type": "rule", "color": "#90a4ae"},
+                "encoding": {
+                    "x": {**x, "field": "x"},
+                    "y": {**y, "field": "y"},
+                    "x2": {"field": "x2"},
+                    "y2": {"field": "y2"},
+                },
+            },
+            {
+                "data": {"values": points},
+                "mark": {"type": "point", "filled": True, "size": 300},
+                "encoding": {
+                    "x": x,
+                    "y": y,
+                    "shape": {"field": "type", "type": "nominal", "title": "node"},
+                    "color": {
+                        "field": "status",
+                        "type": "nominal",
+                        "title": "status",
+                        "scale": {"domain": list(STATUS_COLOURS), "range": list(STATUS_COLOURS.values())},
+                    },
+                    "tooltip": [{"field": "name"}, {"field": "materialized"}, {"field": "status"}, {"field": "tests"}],
+                },
+            },
+            {
+                "data": {"values": points},
+                "mark": {"type": "text", "dy": -16, "fontSize": 11},
+                "encoding": {"x": x, "y": y, "text": {"field": "name"}},
+            },
+        ],
+    }
+
+
+def dbt_card_components(dag: Dag, seconds: float, summary: dict[str, int], row_counts: dict[str, int]) -> list:
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(summary.items()))
+    rows = []
+    for node in dag.nodes:
+        if node.resource_type not in ("model", "source"):
+            continue
+        tests = dag.tests_of(node.unique_id)
+        failing = [test.name for test in tests if test.status not in ("pass", None)]
+        rows.append(
+            [
+                node.name,
+                node.resource_type,
+                node.materialized or "-",
+                node.status or "-",
+                f"{node.seconds:.2f}" if node.seconds is not None else "-",
+                f"{row_counts[node.name]:,}" if node.name in row_counts else "-",
+                f"{len(tests) - len(failing)}/{len(tests)}" + (f" (failing: {', '.join(failing)})" if failing else ""),
+                node.description,
+            ]
+        )
+    return [
+        Markdown(f"# dbt build\n\n{counts} in {seconds:.1f} s"),
+        Markdown("## DAG (sources and models; hover for tests)"),
+        VegaChart(dag_chart_spec(dag)),
+        Markdown("## Models"),
+        Table(
+            rows, headers=["node", "type", "materialized", "status", "seconds", "rows", "tests passing", "description"]
+        ),
+    ]
+
+
+def evaluation_card_components(
+    results: dict[str, dict[str, float]], k: int, history: list[dict], dataset_stats: dict[str, int]
+) -> list:
+    """Headline, metrics table of every model on the same cases, comparison and training-curve charts."""
+    models = list(results)
+    headline_metric = f"mrr@{k}"
+    best_baseline = max((m for m in models if m != "lstm"), key=lambda m: results[m][headline_metric])
+    lstm, baseline = results["lstm"][headline_metric], results[best_baseline][headline_metric]
+    verdict = "beats" if lstm > baseline else "does not beat"
+    metric_names = [f"hr@{k}", f"mrr@{k}", f"last_hr@{k}", f"last_mrr@{k}"]
+    table = [[model] + [f"{results[model][name]:.4f}" for name in metric_names] for model in models]
+    bars = [
+        {"model": model, "metric": name, "value": results[model][name]}
+        for model in models
+        for name in (f"hr@{k}", f"mrr@{k}")
+    ]
+    curve = [
+        {"epoch": record["epoch"], "series": series, "value": record[field]}
+        for record in history
+        for series, field in (("validation MRR@20", "validation_mrr"), ("train loss", "train_loss"))
+    ]
+    return [
+        Markdown(
+            f"# Evaluation\n\n**LSTM MRR@{k} {lstm:.4f}** {verdict} the best baseline "
+            f"({best_baseline}, {baseline:.4f}) on {int(results['lstm']['cases']):,} next-item cases."
+        ),
+        Table(table, headers=["model"] + [name.upper() for name in metric_names]),
+        VegaChart(
+            {
+                "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+                "data": {"values": bars},
+                "mark": "bar",
+                "width": 200,
+                "encoding": {
+                    "column": {"field": "metric"},
+                    "x": {"field": "model", "type": "nominal"},
+                    "y": {"field": "value", "type": "quantitative"},
+                    "color": {"field": "model"},
+                },
+            }
+        ),
+        Markdown("## Training curve of the chosen model"),
+        VegaChart(
+            {
+                "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+                "data": {"values": curve},
+                "mark": {"type": "line", "point": True},
+                "width": 300,
+                "height": 200,
+                "encoding": {
+                    "x": {"field": "epoch", "type": "ordinal"},
+                    "y": {"field": "value", "type": "quantitative"},
+                    "facet": {"field": "series", "type": "nominal", "columns": 2},
+                },
+                "resolve": {"scale": {"y": "independent"}},
+            }
+        ),
+        Markdown("## Data"),
+        Table([[name, f"{value:,}"] for name, value in dataset_stats.items()], headers=["split", "count"]),
+    ]

@@ -1,0 +1,1 @@
+"""Session splits, the LSTM recommender, baselines, training and the model bundle."""

@@ -1,0 +1,132 @@
+"""The model bundle: everything serving needs, in one directory, loadable with this package alone.
+
+    weights.pt     the LSTM's state dict
+    config.json    LSTMConfig
+    vocab.json     SKUs in item-id order (id = index + 1)
+    popular.json   fallback SKUs by training popularity, for sessions with no known SKU
+    metadata.json  format version, model version, run id, data window, metrics
+
+`SessionRecommender.recommend` is the one function that turns SKU sessions into ranked SKUs; the
+evaluation scores the same `rank` underneath it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from postmodern.model.dataset import Vocabulary
+from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender
+
+BUNDLE_FORMAT_VERSION = 1
+FALLBACK_SIZE = 200
+
+
+class BundleError(ValueError):
+    """A bundle directory is missing, incomplete or of an unknown format."""
+
+
+@dataclass
+class ModelBundle:
+    model_config: LSTMConfig
+    state_dict: dict[str, torch.Tensor]
+    vocabulary: list[str]
+    popular_skus: list[str]
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("model_version", "unversioned"))
+
+    def save(self, directory: Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict, directory / "weights.pt")
+        (directory / "config.json").write_text(json.dumps(asdict(self.model_config), indent=2))
+        (directory / "vocab.json").write_text(json.dumps(self.vocabulary))
+        (directory / "popular.json").write_text(json.dumps(self.popular_skus))
+        metadata = {**self.metadata, "format_version": BUNDLE_FORMAT_VERSION}
+        (directory / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> ModelBundle:
+        directory = Path(directory)
+        missing = [
+            name
+            for name in ("weights.pt", "config.json", "vocab.json", "popular.json", "metadata.json")
+            if not (directory / name).exists()
+        ]
+        if missing:
+            raise BundleError(f"{directory} is not a model bundle: missing {', '.join(missing)}")
+        metadata = json.loads((directory / "metadata.json").read_text())
+        if metadata.get("format_version") != BUNDLE_FORMAT_VERSION:
+            raise BundleError(
+                f"{directory}: bundle format {metadata.get('format_version')} is not {BUNDLE_FORMAT_VERSION}"
+            )
+        return cls(
+            model_config=LSTMConfig(**json.loads((directory / "config.json").read_text())),
+            state_dict=torch.load(directory / "weights.pt", map_location="cpu", weights_only=True),
+            vocabulary=json.loads((directory / "vocab.json").read_text()),
+            popular_skus=json.loads((directory / "popular.json").read_text()),
+            metadata=metadata,
+        )
+
+
+def make_bundle(
+    model: LSTMRecommender, vocabulary: Vocabulary, train_counts: np.ndarray, metadata: dict
+) -> ModelBundle:
+    popular_ids = np.argsort(-train_counts[1:], kind="stable")[:FALLBACK_SIZE] + 1
+    return ModelBundle(
+        model_config=model.config,
+        state_dict={name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
+        vocabulary=list(vocabulary.skus),
+        popular_skus=vocabulary.decode(popular_ids),
+        metadata=metadata,
+    )
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    items: list[tuple[str, float]]
+    unknown_skus: list[str]
+    fallback: bool  # no known SKU in the session: popular items were returned
+
+
+class SessionRecommender:
+    """A loaded bundle, ready to rank: SKUs in, SKUs out."""
+
+    def __init__(self, bundle: ModelBundle):
+        self.bundle = bundle
+        self.vocabulary = Vocabulary(bundle.vocabulary)
+        model = LSTMRecommender(bundle.model_config)
+        model.load_state_dict(bundle.state_dict)
+        self.ranker = LSTMRanker(model)
+        count = len(bundle.popular_skus)
+        self.fallback = [(sku, 1.0 - index / max(count, 1)) for index, sku in enumerate(bundle.popular_skus)]
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    def recommend(self, sessions: list[list[str]], k: int) -> list[Recommendation]:
+        """Top-k next SKUs for each session, ranked in one batch; unknown SKUs are ignored and reported."""
+        encoded = [self.vocabulary.encode(session) for session in sessions]
+        known = [index for index, (items, _) in enumerate(encoded) if items]
+        ranked_items, ranked_scores = self.ranker.rank([np.asarray(encoded[i][0]) for i in known], k)
+        by_session = {index: row for row, index in enumerate(known)}
+        results = []
+        for index, (_, unknown) in enumerate(encoded):
+            row = by_session.get(index)
+            if row is None:
+                results.append(Recommendation(self.fallback[:k], unknown, fallback=True))
+                continue
+            skus = self.vocabulary.decode(ranked_items[row])
+            results.append(
+                Recommendation(list(zip(skus, ranked_scores[row].tolist(), strict=True)), unknown, fallback=False)
+            )
+        return results

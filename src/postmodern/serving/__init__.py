@@ -1,0 +1,1 @@
+"""The HTTP endpoint, the local registry and deploy targets."""

@@ -1,0 +1,53 @@
+"""Experiment tracking behind one small interface: MLflow (local store, default) or Comet.
+
+Another tracker (Neptune, W&B...) is one more class with these five methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Protocol
+
+from postmodern.config import Settings
+
+
+class Tracker(Protocol):
+    run_id: str | None
+
+    def start(self, run_name: str, tags: dict[str, str], run_id: str | None = None) -> None:
+        """Start a run, or resume the run `run_id` (a later step logging to the same run)."""
+
+    def log_params(self, params: dict[str, object]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+
+    def log_artifacts(self, directory: Path, artifact_path: str) -> None: ...
+
+    def end(self, status: str = "FINISHED") -> None: ...
+
+
+def make_tracker(settings: Settings, experiment: str = "post-modern-stack") -> Tracker:
+    if settings.tracker == "comet":
+        from postmodern.tracking.comet_tracker import CometTracker
+
+        return CometTracker(settings.comet_api_key.get_secret_value(), settings.comet_project)
+    from postmodern.tracking.mlflow_tracker import MLflowTracker
+
+    return MLflowTracker(settings.resolved_mlflow_uri, experiment)
+
+
+@contextmanager
+def tracked_run(
+    settings: Settings, run_name: str, tags: dict[str, str], run_id: str | None = None
+) -> Iterator[Tracker]:
+    """A started (or resumed) run that ends FAILED if the block raises."""
+    tracker = make_tracker(settings)
+    tracker.start(run_name, tags, run_id=run_id)
+    try:
+        yield tracker
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end()

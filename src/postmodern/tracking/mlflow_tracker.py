@@ -1,0 +1,42 @@
+"""MLflow tracking to a local SQLite store by default: no server to run, `mlflow ui` to browse."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+
+class MLflowTracker:
+    def __init__(self, tracking_uri: str, experiment: str):
+        import mlflow
+
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(tracking_uri)
+        if tracking_uri.startswith("sqlite:///"):
+            # Artifacts beside the database, not in the current directory.
+            artifacts = Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+            if mlflow.get_experiment_by_name(experiment) is None:
+                mlflow.create_experiment(experiment, artifact_location=artifacts.resolve().as_uri())
+        mlflow.set_experiment(experiment)
+        self.run_id: str | None = None
+
+    def start(self, run_name: str, tags: dict[str, str], run_id: str | None = None) -> None:
+        run = self.mlflow.start_run(run_id=run_id) if run_id else self.mlflow.start_run(run_name=run_name, tags=tags)
+        self.run_id = run.info.run_id
+
+    def log_params(self, params: dict[str, object]) -> None:
+        self.mlflow.log_params({name: str(value) for name, value in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        finite = {
+            name.replace("@", "_at_"): float(value)
+            for name, value in metrics.items()
+            if value is not None and math.isfinite(float(value))
+        }
+        self.mlflow.log_metrics(finite, step=step)
+
+    def log_artifacts(self, directory: Path, artifact_path: str) -> None:
+        self.mlflow.log_artifacts(str(directory), artifact_path=artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.mlflow.end_run(status=status)

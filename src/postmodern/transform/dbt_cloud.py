@@ -1,0 +1,80 @@
+"""Run the dbt project as a dbt Cloud job (`DBT_CLOUD=1`) through dbt Cloud's v2 API.
+
+Trigger the configured job, poll until it succeeds, errors or is cancelled, then fetch the run's
+manifest and run results so that the card is the same as with dbt core.
+"""
+
+from __future__ import annotations
+
+import time
+
+import requests
+
+from postmodern.config import Settings
+from postmodern.transform.dbt_runner import DbtBuildError, DbtBuildResult, failure_message, parse_run_results
+
+# Run status codes of the v2 API.
+SUCCESS, ERROR, CANCELLED = 10, 20, 30
+
+
+class DbtCloudError(RuntimeError):
+    """dbt Cloud refused, failed or timed out; the message says which, never the token."""
+
+
+class DbtCloudClient:
+    def __init__(self, settings: Settings, session: requests.Session | None = None, timeout: float = 30.0):
+        self.base = f"{settings.dbt_cloud_url.rstrip('/')}/api/v2/accounts/{settings.dbt_account_id}"
+        self.job_id = settings.dbt_job_id
+        self.session = session or requests.Session()
+        self.session.headers.update(
+            {
+                "Authorization": f"Token {settings.dbt_api_key.get_secret_value()}",
+                "Accept": "application/json",
+            }
+        )
+        self.timeout = timeout
+
+    def _request(self, method: str, path: str, **kwargs) -> requests.Response:
+        try:
+            response = self.session.request(method, f"{self.base}{path}", timeout=self.timeout, **kwargs)
+        except requests.RequestException as error:
+            raise DbtCloudError(f"dbt Cloud unreachable ({method} {path}): {type(error).__name__}") from None
+        if response.status_code >= 400:
+            raise DbtCloudError(f"dbt Cloud answered {response.status_code} to {method} {path}: {response.text[:300]}")
+        return response
+
+    def trigger(self, cause: str) -> int:
+        response = self._request("POST", f"/jobs/{self.job_id}/run/", json={"cause": cause[:255]})
+        return int(response.json()["data"]["id"])
+
+    def status(self, run_id: int) -> dict:
+        return self._request("GET", f"/runs/{run_id}/").json()["data"]
+
+    def artifact(self, run_id: int, name: str) -> dict:
+        return self._request("GET", f"/runs/{run_id}/artifacts/{name}").json()
+
+    def run_job(self, cause: str, poll_seconds: float = 10.0, timeout_seconds: float = 3600.0) -> DbtBuildResult:
+        started = time.monotonic()
+        run_id = self.trigger(cause)
+        while True:
+            data = self.status(run_id)
+            status = int(data["status"])
+            if status in (SUCCESS, ERROR, CANCELLED):
+                break
+            if time.monotonic() - started > timeout_seconds:
+                raise DbtCloudError(
+                    f"dbt Cloud run {run_id} still {data.get('status_humanized', status)} after {timeout_seconds:.0f} s"
+                )
+            time.sleep(poll_seconds)
+        seconds = time.monotonic() - started
+        if status == CANCELLED:
+            raise DbtCloudError(f"dbt Cloud run {run_id} was cancelled")
+        try:
+            results = parse_run_results(self.artifact(run_id, "run_results.json"))
+        except DbtCloudError:
+            if status == SUCCESS:
+                raise
+            results = []  # a run that failed early writes no artifacts
+        if status == ERROR:
+            raise DbtBuildError(f"dbt Cloud run {run_id}: " + failure_message(results), results)
+        return DbtBuildResult(results, self.artifact(run_id, "manifest.json"), seconds)

@@ -1,0 +1,119 @@
+"""Run the dbt project from Python (dbt's `dbtRunner`), on the warehouse chosen by the settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from postmodern.config import Settings
+
+DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt"
+
+
+class DbtBuildError(RuntimeError):
+    """`dbt build` failed; the message names each failing node and why."""
+
+    def __init__(self, message: str, results: list[NodeResult]):
+        super().__init__(message)
+        self.results = results
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    unique_id: str
+    status: str
+    seconds: float
+    message: str | None = None
+    failures: int | None = None
+
+
+@dataclass
+class DbtBuildResult:
+    results: list[NodeResult]
+    manifest: dict
+    seconds: float
+
+    @property
+    def warnings(self) -> list[NodeResult]:
+        return [result for result in self.results if result.status == "warn"]
+
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for result in self.results:
+            counts[result.status] = counts.get(result.status, 0) + 1
+        return counts
+
+
+def _dbt_environment(settings: Settings) -> dict[str, str]:
+    """Variables that profiles.yml reads; Snowflake secrets stay in the environment, never in args."""
+    environment = {"DUCKDB_PATH": str(Path(settings.duckdb_path).resolve()), "SF_SCHEMA": settings.sf_schema}
+    if settings.warehouse == "snowflake":
+        environment.update(
+            {
+                "SF_ACCOUNT": settings.sf_account or "",
+                "SF_USER": settings.sf_user or "",
+                "SF_PWD": settings.sf_pwd.get_secret_value() if settings.sf_pwd else "",
+                "SF_ROLE": settings.sf_role or "",
+                "SF_DB": settings.sf_db or "",
+                "SF_WAREHOUSE": settings.sf_warehouse or "",
+            }
+        )
+    return environment
+
+
+def run_dbt_build(
+    settings: Settings, project_dir: Path = DBT_PROJECT_DIR, target_path: Path | None = None
+) -> DbtBuildResult:
+    """`dbt build` (models and tests together) with the seed's vars; raises DbtBuildError on failure."""
+    from dbt.cli.main import dbtRunner
+
+    target_path = Path(target_path or project_dir / "target").resolve()
+    os.environ.update(_dbt_environment(settings))
+    args = [
+        "build",
+        "--project-dir",
+        str(project_dir),
+        "--profiles-dir",
+        str(project_dir),
+        "--target",
+        settings.warehouse,
+        "--target-path",
+        str(target_path),
+        "--log-path",
+        str(target_path / "logs"),
+        "--vars",
+        json.dumps(settings.dbt_vars()),
+    ]
+    started = time.perf_counter()
+    outcome = dbtRunner().invoke(args)
+    seconds = time.perf_counter() - started
+    run_results_path = target_path / "run_results.json"
+    results = parse_run_results(json.loads(run_results_path.read_text())) if run_results_path.exists() else []
+    if not outcome.success:
+        raise DbtBuildError(failure_message(results, outcome.exception), results)
+    manifest = json.loads((target_path / "manifest.json").read_text())
+    return DbtBuildResult(results, manifest, seconds)
+
+
+def parse_run_results(run_results: dict) -> list[NodeResult]:
+    """Node results from dbt's run_results.json (the same artifact locally and in dbt Cloud)."""
+    return [
+        NodeResult(
+            unique_id=result["unique_id"],
+            status=result["status"],
+            seconds=float(result.get("execution_time") or 0.0),
+            message=result.get("message"),
+            failures=result.get("failures"),
+        )
+        for result in run_results.get("results", [])
+    ]
+
+
+def failure_message(results: list[NodeResult], exception: BaseException | None = None) -> str:
+    failed = [result for result in results if result.status in ("error", "fail")]
+    if failed:
+        return "dbt build failed: " + "; ".join(f"{r.unique_id}: {r.status} ({r.message})" for r in failed)
+    return f"dbt build failed: {exception or 'see the dbt log'}"
