@@ -84,7 +84,7 @@ def _some_sku(settings) -> str:
     from postmodern.serving.registry import latest_bundle_dir
 
     try:
-        return ModelBundle.load(latest_bundle_dir(settings.registry_dir)).popular_skus[0]
+        return ModelBundle.load(latest_bundle_dir(settings.registry_dir)).popular[0][0]
     except (BundleError, IndexError):
         return "<a SKU>"
 

@@ -3,7 +3,8 @@
     weights.pt     the LSTM's state dict
     config.json    LSTMConfig
     vocab.json     SKUs in item-id order (id = index + 1)
-    popular.json   fallback SKUs by training popularity, for sessions with no known SKU
+    popular.json   fallback [SKU, share of training interactions], most popular first, for sessions
+                   with no known SKU
     metadata.json  format version, model version, run id, data window, metrics
 
 `SessionRecommender.recommend` is the one function that turns SKU sessions into ranked SKUs; the
@@ -35,7 +36,7 @@ class ModelBundle:
     model_config: LSTMConfig
     state_dict: dict[str, torch.Tensor]
     vocabulary: list[str]
-    popular_skus: list[str]
+    popular: list[tuple[str, float]]  # (SKU, share of training interactions), most popular first
     metadata: dict = field(default_factory=dict)
 
     @property
@@ -48,7 +49,7 @@ class ModelBundle:
         torch.save(self.state_dict, directory / "weights.pt")
         (directory / "config.json").write_text(json.dumps(asdict(self.model_config), indent=2))
         (directory / "vocab.json").write_text(json.dumps(self.vocabulary))
-        (directory / "popular.json").write_text(json.dumps(self.popular_skus))
+        (directory / "popular.json").write_text(json.dumps(self.popular))
         metadata = {**self.metadata, "format_version": BUNDLE_FORMAT_VERSION}
         (directory / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
         return directory
@@ -72,7 +73,7 @@ class ModelBundle:
             model_config=LSTMConfig(**json.loads((directory / "config.json").read_text())),
             state_dict=torch.load(directory / "weights.pt", map_location="cpu", weights_only=True),
             vocabulary=json.loads((directory / "vocab.json").read_text()),
-            popular_skus=json.loads((directory / "popular.json").read_text()),
+            popular=[(sku, float(share)) for sku, share in json.loads((directory / "popular.json").read_text())],
             metadata=metadata,
         )
 
@@ -81,11 +82,12 @@ def make_bundle(
     model: LSTMRecommender, vocabulary: Vocabulary, train_counts: np.ndarray, metadata: dict
 ) -> ModelBundle:
     popular_ids = np.argsort(-train_counts[1:], kind="stable")[:FALLBACK_SIZE] + 1
+    shares = train_counts[popular_ids] / max(int(train_counts.sum()), 1)
     return ModelBundle(
         model_config=model.config,
         state_dict={name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
         vocabulary=list(vocabulary.skus),
-        popular_skus=vocabulary.decode(popular_ids),
+        popular=list(zip(vocabulary.decode(popular_ids), shares.tolist(), strict=True)),
         metadata=metadata,
     )
 
@@ -106,8 +108,6 @@ class SessionRecommender:
         model = LSTMRecommender(bundle.model_config)
         model.load_state_dict(bundle.state_dict)
         self.ranker = LSTMRanker(model)
-        count = len(bundle.popular_skus)
-        self.fallback = [(sku, 1.0 - index / max(count, 1)) for index, sku in enumerate(bundle.popular_skus)]
 
     @property
     def version(self) -> str:
@@ -123,7 +123,7 @@ class SessionRecommender:
         for index, (_, unknown) in enumerate(encoded):
             row = by_session.get(index)
             if row is None:
-                results.append(Recommendation(self.fallback[:k], unknown, fallback=True))
+                results.append(Recommendation(self.bundle.popular[:k], unknown, fallback=True))
                 continue
             skus = self.vocabulary.decode(ranked_items[row])
             results.append(

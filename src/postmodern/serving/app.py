@@ -6,7 +6,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
-from pydantic import BaseModel, Field
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field, ValidationError
 
 from postmodern.model.bundle import ModelBundle, SessionRecommender
 
@@ -51,10 +52,28 @@ def create_app(model_dir: Path) -> FastAPI:
             raise HTTPException(status_code=503, detail="model not loaded")
         return {"status": "ok", "model_version": recommender.version}
 
-    @app.post("/invocations", response_model=InvocationResponse, summary="Next-item recommendations")
-    def invocations(body: InvocationRequest, request: Request) -> InvocationResponse:
+    # The body is parsed as JSON whatever its content type: SageMaker clients and a bare `curl -d` may not
+    # send `application/json`. The schema is declared by hand so that OpenAPI stays true.
+    @app.post(
+        "/invocations",
+        response_model=InvocationResponse,
+        summary="Next-item recommendations",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": InvocationRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def invocations(request: Request) -> InvocationResponse:
+        try:
+            body = InvocationRequest.model_validate_json(await request.body())
+        except ValidationError as error:
+            raise HTTPException(
+                status_code=422, detail=error.errors(include_url=False, include_input=False, include_context=False)
+            ) from None
         recommender: SessionRecommender = request.app.state.recommender
-        results = recommender.recommend(body.sessions, body.k)
+        results = await run_in_threadpool(recommender.recommend, body.sessions, body.k)
         return InvocationResponse(
             model_version=recommender.version,
             recommendations=[[ScoredSku(sku=sku, score=score) for sku, score in r.items] for r in results],

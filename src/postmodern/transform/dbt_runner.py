@@ -70,7 +70,8 @@ def run_dbt_build(
     """`dbt build` (models and tests together) with the seed's vars; raises DbtBuildError on failure."""
     from dbt.cli.main import dbtRunner
 
-    target_path = Path(target_path or project_dir / "target").resolve()
+    # Build state lives with the rest of the run's data, so separate workspaces never share it.
+    target_path = Path(target_path or settings.data_dir / "dbt_target").resolve()
     os.environ.update(_dbt_environment(settings))
     args = [
         "build",
