@@ -18,4 +18,4 @@ def deploy_bundle(bundle: ModelBundle, settings: Settings) -> str:
         with tempfile.TemporaryDirectory() as scratch:
             endpoint = deploy_to_sagemaker(bundle.save(Path(scratch) / "bundle"), bundle.version, settings)
         return f"SageMaker endpoint {endpoint}"
-    return str(publish(bundle, settings.registry_dir))
+    return str(publish(bundle, settings.registry_dir.resolve()))

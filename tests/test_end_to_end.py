@@ -1,0 +1,113 @@
+"""The real thing on small data: CLI load into DuckDB, the Metaflow flow (dbt, PyTorch, MLflow), then the
+HTTP server on loopback answering with the model the flow deployed. Every path lives in a temporary
+workspace, which is the processes' working directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FLOW = REPO / "flows" / "recommender_flow.py"
+
+# Metaflow embeds a card's components as base64 JSON in its HTML page.
+READ_RUN = """
+import base64, json, re
+from metaflow import Flow, namespace
+from metaflow.cards import get_cards
+namespace(None)
+run = Flow("RecommenderFlow").latest_run
+cards = {step: [card.get() for card in get_cards(run[step].task, id=card_id)]
+         for step, card_id in (("run_transformation", "dbt"), ("test_model", "evaluation"))}
+print(json.dumps({
+    "successful": run.successful,
+    "test_results": run.data.test_results,
+    "deployed_to": run.data.deployed_to,
+    "dbt_summary": run.data.dbt_summary,
+    "cards": {step: base64.b64decode(re.search(r'__MF_DATA__\\["[^"]+"\\] = "([^"]+)"', html[0]).group(1)).decode()
+              for step, html in cards.items() if html},
+}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run(command, workspace, env, timeout):
+    result = subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+@pytest.mark.e2e
+def test_flow_trains_tests_deploys_and_the_server_answers(tmp_path, tiny_data):
+    env = {**os.environ, "USERNAME": "e2e", "PYTHONUNBUFFERED": "1", "MAX_SESSIONS": "2500"}
+    for name in ("DUCKDB_PATH", "DATA_DIR", "REGISTRY_DIR", "MLFLOW_TRACKING_URI", "WAREHOUSE"):
+        env.pop(name, None)  # the defaults, relative to the workspace
+    python = sys.executable
+
+    loaded = run([python, "-m", "postmodern.cli", "load", "--path", str(tiny_data), "--quiet"], tmp_path, env, 120)
+    assert "loaded" in loaded and "2,500 sessions" in loaded
+
+    output = run([python, str(FLOW), "run", "--epochs", "3"], tmp_path, env, 900)
+    assert "MRR@20: LSTM" in output
+
+    details = json.loads(run([python, "-c", READ_RUN], tmp_path, env, 120).strip().splitlines()[-1])
+    assert details["successful"]
+    assert details["dbt_summary"].get("error") is None and details["dbt_summary"]["pass"] > 10
+    for model in ("lstm", "popularity"):
+        metrics = details["test_results"][model]
+        assert 0 < metrics["mrr@20"] <= metrics["hr@20"] <= 1
+        assert metrics["cases"] > 100
+    assert details["test_results"]["lstm"]["cases"] == details["test_results"]["popularity"]["cases"]
+    assert "sessions" in details["cards"]["run_transformation"]  # the mart is on the DAG card
+    assert "MRR@20" in details["cards"]["test_model"]
+    registry = tmp_path / "data" / "registry"
+    version = (registry / "LATEST").read_text().strip()
+    assert Path(details["deployed_to"]).resolve() == (registry / version).resolve()
+    assert (tmp_path / "data" / "mlflow.db").exists()
+
+    bundle = registry / version
+    known_sku = json.loads((bundle / "vocab.json").read_text())[0]
+    port = free_port()
+    server = subprocess.Popen(
+        [python, "-m", "postmodern.cli", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, server.stdout.read().decode()
+            assert time.monotonic() < deadline, "server did not become ready in 60 s"
+            time.sleep(0.5)
+        response = httpx.post(
+            f"{base}/invocations", content=json.dumps({"sessions": [[known_sku]], "k": 5}), timeout=10
+        )
+        assert response.status_code == 200
+        body = response.json()
+        assert body["model_version"] == version
+        assert len(body["recommendations"][0]) == 5 and body["fallback"] == [False]
+        assert httpx.post(f"{base}/invocations", content=b"{nope", timeout=10).status_code == 422
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
