@@ -9,6 +9,15 @@ import pytest
 from postmodern.config import Settings, load_settings
 from postmodern.data.generator import PROFILES, GeneratorConfig, generate_dataset
 
+SNOWFLAKE_CREDENTIALS = {
+    "warehouse": "snowflake",
+    "sf_user": "u",
+    "sf_pwd": "p",
+    "sf_account": "a",
+    "sf_db": "d",
+    "sf_role": "r",
+}
+
 
 def make_settings(tmp: Path, **overrides) -> Settings:
     """Settings for a test workspace: every path under `tmp`, no .env read."""

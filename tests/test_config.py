@@ -1,4 +1,5 @@
 import pytest
+from conftest import SNOWFLAKE_CREDENTIALS
 
 from postmodern.config import ConfigError, Settings, load_settings
 
@@ -51,9 +52,7 @@ def test_a_chosen_cloud_path_names_each_missing_variable(switch, missing):
 
 
 def test_complete_snowflake_settings_are_accepted():
-    settings = load_settings(
-        _env_file=None, warehouse="snowflake", sf_user="u", sf_pwd="p", sf_account="a", sf_db="d", sf_role="r"
-    )
+    settings = load_settings(_env_file=None, **SNOWFLAKE_CREDENTIALS)
     assert settings.warehouse == "snowflake"
 
 

@@ -1,0 +1,210 @@
+"""The cloud paths, tested without an account: dbt Cloud against a local server that answers like its
+v2 API, SageMaker against recording clients, Snowflake's and Comet's missing extras."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import make_settings
+
+from postmodern.serving.sagemaker import deploy_to_sagemaker, model_archive
+from postmodern.transform.dbt_cloud import DbtCloudClient, DbtCloudError
+from postmodern.transform.dbt_runner import DbtBuildError
+
+MANIFEST = {"metadata": {"project_name": "postmodern"}, "nodes": {}, "sources": {}}
+SUCCESSFUL_RUN = {"results": [{"unique_id": "model.postmodern.sessions", "status": "success", "execution_time": 1.5}]}
+
+
+class FakeDbtCloud(BaseHTTPRequestHandler):
+    statuses: list[int] = []
+    run_results: dict | None = SUCCESSFUL_RUN
+    requests: list[tuple[str, str, dict, str]] = []
+
+    def _answer(self, code, payload):
+        body = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        length = int(self.headers.get("content-length", 0))
+        payload = json.loads(self.rfile.read(length) or b"{}")
+        type(self).requests.append(("POST", self.path, payload, self.headers.get("authorization")))
+        if self.headers.get("authorization") != "Token secret-token":
+            return self._answer(401, {"status": {"user_message": "Invalid token"}})
+        self._answer(200, {"data": {"id": 99, "status": 1}})
+
+    def do_GET(self):
+        type(self).requests.append(("GET", self.path, {}, self.headers.get("authorization")))
+        if self.path.endswith("/runs/99/"):
+            status = type(self).statuses.pop(0) if len(type(self).statuses) > 1 else type(self).statuses[0]
+            return self._answer(200, {"data": {"id": 99, "status": status, "status_humanized": str(status)}})
+        if self.path.endswith("/artifacts/manifest.json"):
+            return self._answer(200, MANIFEST)
+        if self.path.endswith("/artifacts/run_results.json") and type(self).run_results is not None:
+            return self._answer(200, type(self).run_results)
+        self._answer(404, {"status": {"user_message": "not found"}})
+
+    def log_message(self, *args):
+        pass
+
+
+def dbt_cloud_settings(tmp_path, url):
+    return make_settings(
+        tmp_path,
+        dbt_cloud=True,
+        dbt_account_id="1",
+        dbt_project_id="5",
+        dbt_job_id="2",
+        dbt_api_key="secret-token",
+        dbt_cloud_url=url,
+    )
+
+
+@pytest.fixture
+def dbt_cloud(tmp_path):
+    FakeDbtCloud.requests = []
+    FakeDbtCloud.run_results = SUCCESSFUL_RUN
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeDbtCloud)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield dbt_cloud_settings(tmp_path, f"http://127.0.0.1:{server.server_port}")
+    server.shutdown()
+    server.server_close()
+
+
+def test_dbt_cloud_job_is_triggered_polled_and_its_artifacts_read(dbt_cloud):
+    FakeDbtCloud.statuses = [1, 3, 10]
+    result = DbtCloudClient(dbt_cloud).run_job("Metaflow RecommenderFlow/7 by ada", poll_seconds=0.01)
+    assert [r.unique_id for r in result.results] == ["model.postmodern.sessions"]
+    assert result.manifest == MANIFEST
+    method, path, payload, auth = FakeDbtCloud.requests[0]
+    assert (method, path) == ("POST", "/api/v2/accounts/1/jobs/2/run/")
+    assert payload == {"cause": "Metaflow RecommenderFlow/7 by ada"} and auth == "Token secret-token"
+    assert sum(1 for r in FakeDbtCloud.requests if r[1].endswith("/runs/99/")) == 3
+
+
+def test_a_failed_dbt_cloud_run_names_the_failing_node(dbt_cloud):
+    FakeDbtCloud.statuses = [20]
+    FakeDbtCloud.run_results = {
+        "results": [
+            {
+                "unique_id": "test.postmodern.not_null_sessions_session_id",
+                "status": "fail",
+                "message": "Got 2 results",
+                "failures": 2,
+            }
+        ]
+    }
+    with pytest.raises(DbtBuildError, match="not_null_sessions_session_id: fail"):
+        DbtCloudClient(dbt_cloud).run_job("cause", poll_seconds=0.01)
+
+
+def test_a_failed_run_without_artifacts_still_fails_clearly(dbt_cloud):
+    FakeDbtCloud.statuses = [20]
+    FakeDbtCloud.run_results = None
+    with pytest.raises(DbtBuildError, match="dbt Cloud run 99"):
+        DbtCloudClient(dbt_cloud).run_job("cause", poll_seconds=0.01)
+
+
+def test_cancelled_and_timed_out_runs_are_errors(dbt_cloud):
+    FakeDbtCloud.statuses = [30]
+    with pytest.raises(DbtCloudError, match="cancelled"):
+        DbtCloudClient(dbt_cloud).run_job("cause", poll_seconds=0.01)
+    FakeDbtCloud.statuses = [3]
+    with pytest.raises(DbtCloudError, match="after 0 s"):
+        DbtCloudClient(dbt_cloud).run_job("cause", poll_seconds=0.01, timeout_seconds=0.05)
+
+
+def test_a_refused_token_is_reported_without_the_token(dbt_cloud):
+    settings = dbt_cloud.model_copy(update={"dbt_api_key": type(dbt_cloud.dbt_api_key)("wrong-token")})
+    with pytest.raises(DbtCloudError, match="401") as error:
+        DbtCloudClient(settings).run_job("cause", poll_seconds=0.01)
+    assert "wrong-token" not in str(error.value)
+
+
+def test_an_unreachable_dbt_cloud_is_a_clear_error(tmp_path):
+    settings = dbt_cloud_settings(tmp_path, "http://127.0.0.1:9")
+    with pytest.raises(DbtCloudError, match="unreachable"):
+        DbtCloudClient(settings, timeout=2).run_job("cause")
+
+
+class Recorder:
+    def __init__(self, endpoints):
+        self.calls = []
+        self.endpoints = endpoints
+
+    def client(self, name):
+        recorder = self
+
+        class Client:
+            def __getattr__(self, method):
+                def call(*args, **kwargs):
+                    recorder.calls.append((name, method, args, kwargs))
+                    if method == "list_endpoints":
+                        return {"Endpoints": [{"EndpointName": e} for e in recorder.endpoints]}
+                    if method == "get_waiter":
+                        return Client()
+                    return {}
+
+                return call
+
+        return Client()
+
+
+def sagemaker_settings(tmp_path):
+    return make_settings(
+        tmp_path,
+        sagemaker_deploy=True,
+        sagemaker_role="arn:aws:iam::1:role/sm",
+        sagemaker_image="1.dkr.ecr/postmodern:1",
+        sagemaker_bucket="models",
+    )
+
+
+def bundle_dir(tmp_path):
+    directory = tmp_path / "bundle"
+    directory.mkdir()
+    for name in ("weights.pt", "config.json", "vocab.json", "popular.json", "metadata.json"):
+        (directory / name).write_text(name)
+    return directory
+
+
+def test_model_archive_has_the_bundle_files_at_its_root(tmp_path):
+    archive = model_archive(bundle_dir(tmp_path), tmp_path)
+    with tarfile.open(archive) as tar:
+        assert sorted(tar.getnames()) == ["config.json", "metadata.json", "popular.json", "vocab.json", "weights.pt"]
+
+
+@pytest.mark.parametrize(
+    ("existing", "expected"), [([], "create_endpoint"), (["post-modern-stack"], "update_endpoint")]
+)
+def test_sagemaker_deploy_creates_or_updates_and_never_deletes(tmp_path, existing, expected):
+    session = Recorder(existing)
+    name = deploy_to_sagemaker(bundle_dir(tmp_path), "v7", sagemaker_settings(tmp_path), boto_session=session)
+    assert name == "post-modern-stack"
+    methods = [method for _, method, _, _ in session.calls]
+    assert methods[:3] == ["upload_file", "create_model", "create_endpoint_config"]
+    assert expected in methods and not any("delete" in method for method in methods)
+    upload = session.calls[0]
+    assert upload[2][1:] == ("models", "post-modern-stack/v7/model.tar.gz")
+    model = next(kwargs for _, method, _, kwargs in session.calls if method == "create_model")
+    assert model["PrimaryContainer"]["ModelDataUrl"] == "s3://models/post-modern-stack/v7/model.tar.gz"
+    assert model["ExecutionRoleArn"] == "arn:aws:iam::1:role/sm"
+
+
+def test_snowflake_without_its_extra_says_how_to_install_it(tmp_path, monkeypatch):
+    import sys
+
+    from postmodern.warehouse import WarehouseError, connect
+
+    monkeypatch.setitem(sys.modules, "snowflake", None)
+    settings = make_settings(tmp_path, **SNOWFLAKE_CREDENTIALS)
+    with pytest.raises(WarehouseError, match=r"\.\[snowflake\]"):
+        connect(settings)
