@@ -9,7 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import make_settings
+from conftest import SNOWFLAKE_CREDENTIALS, make_settings
 
 from postmodern.serving.sagemaker import deploy_to_sagemaker, model_archive
 from postmodern.transform.dbt_cloud import DbtCloudClient, DbtCloudError
