@@ -10,15 +10,19 @@ Every step is a few lines that call tested functions of the `postmodern` package
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
 
 from metaflow import FlowSpec, Parameter, batch, card, current, step
 
 from postmodern.compute import enable_decorator
-from postmodern.config import load_settings
+from postmodern.config import ConfigError, load_settings
 
-SETTINGS = load_settings()  # a missing variable of a chosen cloud path stops here, named
+try:
+    SETTINGS = load_settings()
+except ConfigError as error:  # a missing variable of a chosen cloud path stops here, named
+    sys.exit(f"recommender_flow: {error}")
 
 
 class RecommenderFlow(FlowSpec):
@@ -128,6 +132,7 @@ class RecommenderFlow(FlowSpec):
         """Bundle the model (weights, vocabulary, config, fallback, metadata) and deploy it."""
         from postmodern.model.bundle import make_bundle
         from postmodern.serving.deploy import deploy_bundle
+        from postmodern.tracking import log_bundle, tracked_run
 
         version = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{current.run_id}"
         metadata = {
@@ -139,6 +144,8 @@ class RecommenderFlow(FlowSpec):
         }
         self.model_bundle = make_bundle(self.model, self.splits.vocabulary, self.splits.train_counts, metadata)
         self.deployed_to = deploy_bundle(self.model_bundle, SETTINGS)
+        with tracked_run(SETTINGS, "", {}, run_id=self.tracking_run_id) as tracker:
+            log_bundle(tracker, self.model_bundle)
         print(f"model {version} deployed to {self.deployed_to}")
         self.next(self.end)
 

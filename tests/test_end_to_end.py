@@ -50,6 +50,22 @@ def run(command, workspace, env, timeout):
     return result.stdout
 
 
+def assert_tracked(database: Path, epochs: int) -> None:
+    """The MLflow run has the parameters, one validation point per epoch, the test metrics, the bundle."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{database}")
+    experiment = client.get_experiment_by_name("post-modern-stack")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.tags["metaflow_pathspec"].startswith("RecommenderFlow/")
+    assert int(run.data.params["embedding_dim"]) == 64
+    history = client.get_metric_history(run.info.run_id, "validation_mrr")
+    assert 1 <= len(history) <= epochs
+    assert 0 < run.data.metrics["test_lstm_mrr_at_20"] <= 1
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "model_bundle")}
+    assert "model_bundle/weights.pt" in artifacts and "model_bundle/metadata.json" in artifacts
+
+
 @pytest.mark.e2e
 def test_flow_trains_tests_deploys_and_the_server_answers(tmp_path, tiny_data):
     env = {**os.environ, "USERNAME": "e2e", "PYTHONUNBUFFERED": "1", "MAX_SESSIONS": "2500"}
@@ -76,7 +92,7 @@ def test_flow_trains_tests_deploys_and_the_server_answers(tmp_path, tiny_data):
     registry = tmp_path / "data" / "registry"
     version = (registry / "LATEST").read_text().strip()
     assert Path(details["deployed_to"]).resolve() == (registry / version).resolve()
-    assert (tmp_path / "data" / "mlflow.db").exists()
+    assert_tracked(tmp_path / "data" / "mlflow.db", epochs=3)
 
     bundle = registry / version
     known_sku = json.loads((bundle / "vocab.json").read_text())[0]

@@ -5,12 +5,16 @@ Another tracker (Neptune, W&B...) is one more class with these five methods.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from postmodern.config import Settings
+
+if TYPE_CHECKING:
+    from postmodern.model.bundle import ModelBundle
 
 
 class Tracker(Protocol):
@@ -51,3 +55,9 @@ def tracked_run(
         tracker.end("FAILED")
         raise
     tracker.end()
+
+
+def log_bundle(tracker: Tracker, bundle: ModelBundle) -> None:
+    """The model bundle as a run artifact, so a tracked run can be served as it is."""
+    with tempfile.TemporaryDirectory() as scratch:
+        tracker.log_artifacts(bundle.save(Path(scratch) / "bundle"), "model_bundle")

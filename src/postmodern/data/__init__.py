@@ -1,0 +1,1 @@
+"""Coveo-format data: the generator, the file readers and loading into the raw log."""
