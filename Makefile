@@ -4,8 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA := data/coveo
-# Metaflow needs a user name; CI and containers often have none.
-export USERNAME ?= $(or $(USER),postmodern)
 
 .PHONY: install run test serve bench lint clean help
 

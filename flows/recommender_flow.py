@@ -4,15 +4,21 @@ next product, it is tested beside a popularity baseline on the same cases, and t
     python flows/recommender_flow.py run
     python flows/recommender_flow.py card view run_transformation --id dbt
     python flows/recommender_flow.py card view test_model --id evaluation
+    python flows/recommender_flow.py card get test_model --id evaluation evaluation.html   # no browser here
 
 Every step is a few lines that call tested functions of the `postmodern` package.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
+
+# Metaflow needs a user name other than root, and CI and containers often have none.
+if not any(os.environ.get(name, "root") != "root" for name in ("METAFLOW_USER", "SUDO_USER", "USERNAME", "USER")):
+    os.environ["USERNAME"] = "postmodern"
 
 from metaflow import FlowSpec, Parameter, batch, card, current, step
 

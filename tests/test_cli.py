@@ -41,13 +41,14 @@ def test_next_steps_names_the_commands_to_type(tmp_path, monkeypatch, capsys):
     assert "card view run_transformation --id dbt" in out and "make serve" in out and "mlflow ui" in out
 
 
-def test_the_flow_has_help():
-    result = subprocess.run(
-        [sys.executable, str(REPO / "flows" / "recommender_flow.py"), "--help"],
-        capture_output=True,
-        text=True,
-        env={"USERNAME": "t", "PATH": "/usr/bin:/bin"},
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "run" in result.stdout
+def test_the_flow_has_help_and_runs_without_a_user_name():
+    for command, expected in (["--help"], "Usage:"), (["show"], "user:postmodern"):
+        result = subprocess.run(
+            [sys.executable, str(REPO / "flows" / "recommender_flow.py"), *command],
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/bin:/bin", "USER": "root"},
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert expected in result.stdout + result.stderr

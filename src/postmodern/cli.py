@@ -66,7 +66,8 @@ Done. Where things are:
 Next:
   view the cards       .venv/bin/{flow} card view run_transformation --id dbt
                        .venv/bin/{flow} card view test_model --id evaluation
-                       (or browse all cards: .venv/bin/{flow} card server)
+                       (no browser? .venv/bin/{flow} card get test_model --id evaluation evaluation.html;
+                        all cards: .venv/bin/{flow} card server)
   serve the model      make serve      (then, in another shell:)
                        curl -s -XPOST localhost:8080/invocations -H 'content-type: application/json' \\
                             -d '{{"sessions": [["{_some_sku(settings)}"]], "k": 5}}'

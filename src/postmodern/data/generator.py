@@ -103,9 +103,7 @@ class Catalogue:
 
 
 def _hashes(prefix: str, count: int, seed: int, start: int = 0) -> np.ndarray:
-    return np.array(
-        [hashlib.sha256(f"{seed}:{prefix}:{i}".encode()).hexdigest() for i in range(start, start + count)]
-    )
+    return np.array([hashlib.sha256(f"{seed}:{prefix}:{i}".encode()).hexdigest() for i in range(start, start + count)])
 
 
 def _weighted_sampler(weights: np.ndarray, groups: np.ndarray, n_groups: int):
@@ -192,13 +190,15 @@ def generate_product_sequences(
     catalogue: Catalogue, config: GeneratorConfig, n_sessions: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Product sequences of `n_sessions` sessions: a padded [n, max_len] index matrix and the lengths."""
-    lengths = np.minimum(1 + rng.geometric(1 / config.mean_product_views, size=n_sessions) - 1,
-                         config.max_product_views)
+    lengths = np.minimum(
+        1 + rng.geometric(1 / config.mean_product_views, size=n_sessions) - 1, config.max_product_views
+    )
     max_len = int(lengths.max()) if n_sessions else 0
     n_top = int(catalogue.top_category.max()) + 1
     in_intent = _weighted_sampler(catalogue.popularity, catalogue.top_category, n_top)
-    intent = rng.choice(n_top, size=n_sessions, p=np.bincount(
-        catalogue.top_category, weights=catalogue.popularity, minlength=n_top))
+    intent = rng.choice(
+        n_top, size=n_sessions, p=np.bincount(catalogue.top_category, weights=catalogue.popularity, minlength=n_top)
+    )
 
     sequences = np.full((n_sessions, max_len), -1, dtype=np.int64)
     if max_len == 0:
@@ -222,9 +222,7 @@ def generate_product_sequences(
     return sequences, lengths
 
 
-def generate_chunk(
-    catalogue: Catalogue, config: GeneratorConfig, first_session: int, n_sessions: int
-) -> pa.Table:
+def generate_chunk(catalogue: Catalogue, config: GeneratorConfig, first_session: int, n_sessions: int) -> pa.Table:
     """All events of sessions [first_session, first_session + n_sessions) as a browsing_train table."""
     rng = np.random.default_rng([config.seed, 1, first_session])
     has_products = rng.random(n_sessions) < config.share_product_sessions
@@ -252,24 +250,30 @@ def generate_chunk(
     session_span[product_session_ids] = 3.0 * lengths
     pageview_order = rng.random(len(pageview_session)) * (session_span[pageview_session] + 1) - 0.5
 
-    session = np.concatenate([view_session, add_session, add_session[is_removed], add_session[bought],
-                              pageview_session])
-    product = np.concatenate([view_product, add_product, add_product[is_removed], add_product[bought],
-                              np.full(len(pageview_session), -1)])
-    action = np.concatenate([
-        np.full(len(view_session), 0), np.full(len(add_session), 1), np.full(int(is_removed.sum()), 2),
-        np.full(int(bought.sum()), 3), np.full(len(pageview_session), -1),
-    ])
+    session = np.concatenate(
+        [view_session, add_session, add_session[is_removed], add_session[bought], pageview_session]
+    )
+    product = np.concatenate(
+        [view_product, add_product, add_product[is_removed], add_product[bought], np.full(len(pageview_session), -1)]
+    )
+    action = np.concatenate(
+        [
+            np.full(len(view_session), 0),
+            np.full(len(add_session), 1),
+            np.full(int(is_removed.sum()), 2),
+            np.full(int(bought.sum()), 3),
+            np.full(len(pageview_session), -1),
+        ]
+    )
     order_key = np.concatenate([view_order, add_order, remove_order, purchase_order, pageview_order])
     by_time = np.lexsort((order_key, session))
     session, product, action = session[by_time], product[by_time], action[by_time]
 
     # Timestamps: a session start on the daily cycle, then gaps capped at 30 minutes.
     day = rng.integers(0, config.n_days, size=n_sessions)
-    hour = (rng.normal(15, 4.5, size=n_sessions) % 24)
+    hour = rng.normal(15, 4.5, size=n_sessions) % 24
     session_start = config.start_epoch_ms + day * 86_400_000 + (hour * 3_600_000).astype(np.int64)
-    gaps = np.minimum(rng.exponential(config.mean_gap_s * 1000, size=len(session)).astype(np.int64) + 1,
-                      MAX_GAP_MS)
+    gaps = np.minimum(rng.exponential(config.mean_gap_s * 1000, size=len(session)).astype(np.int64) + 1, MAX_GAP_MS)
     is_first = np.concatenate(([True], session[1:] != session[:-1]))
     gaps[is_first] = 0
     elapsed = np.cumsum(gaps)
@@ -282,18 +286,20 @@ def generate_chunk(
     page_url_choice = rng.choice(len(page_urls), size=len(session), p=_page_url_weights(len(page_urls)))
     product_indices = pa.array(product, mask=~is_product)
     # Strings are built by Arrow `take` over small dictionaries: no per-event Python or numpy strings.
-    return pa.table({
-        "session_id_hash": session_hashes.take(pa.array(session)),
-        "event_type": pa.array(["pageview", "event_product"]).take(pa.array(is_product.astype(np.int8))),
-        "product_action": pa.array(["detail", "add", "remove", "purchase"]).take(
-            pa.array(action, mask=~is_product)
-        ),
-        "product_sku_hash": pa.array(catalogue.skus).take(product_indices),
-        "server_timestamp_epoch_ms": pa.array(timestamp, pa.int64()),
-        "hashed_url": pc.coalesce(
-            pa.array(catalogue.product_urls).take(product_indices), page_urls.take(pa.array(page_url_choice))
-        ),
-    })
+    return pa.table(
+        {
+            "session_id_hash": session_hashes.take(pa.array(session)),
+            "event_type": pa.array(["pageview", "event_product"]).take(pa.array(is_product.astype(np.int8))),
+            "product_action": pa.array(["detail", "add", "remove", "purchase"]).take(
+                pa.array(action, mask=~is_product)
+            ),
+            "product_sku_hash": pa.array(catalogue.skus).take(product_indices),
+            "server_timestamp_epoch_ms": pa.array(timestamp, pa.int64()),
+            "hashed_url": pc.coalesce(
+                pa.array(catalogue.product_urls).take(product_indices), page_urls.take(pa.array(page_url_choice))
+            ),
+        }
+    )
 
 
 def _page_urls(catalogue: Catalogue, config: GeneratorConfig) -> np.ndarray:
@@ -312,13 +318,15 @@ def catalogue_table(catalogue: Catalogue) -> pa.Table:
             for row, present in zip(vectors, catalogue.has_vectors, strict=True)
         ]
 
-    return pa.table({
-        "product_sku_hash": pa.array(catalogue.skus),
-        "description_vector": pa.array(vector_strings(catalogue.description_vectors), pa.string()),
-        "category_hash": pa.array(np.where(catalogue.has_category, catalogue.category_path, None)),
-        "image_vector": pa.array(vector_strings(catalogue.image_vectors), pa.string()),
-        "price_bucket": pa.array(catalogue.price_bucket, pa.int64()),
-    })
+    return pa.table(
+        {
+            "product_sku_hash": pa.array(catalogue.skus),
+            "description_vector": pa.array(vector_strings(catalogue.description_vectors), pa.string()),
+            "category_hash": pa.array(np.where(catalogue.has_category, catalogue.category_path, None)),
+            "image_vector": pa.array(vector_strings(catalogue.image_vectors), pa.string()),
+            "price_bucket": pa.array(catalogue.price_bucket, pa.int64()),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -343,9 +351,10 @@ def generate_dataset(
     tmp_path = browsing_path.with_suffix(".csv.partial")
     schema = generate_chunk(catalogue, replace(config, n_sessions=1), 0, 1).schema
     events = 0
-    with pacsv.CSVWriter(tmp_path, schema, write_options=WRITE_OPTIONS) as writer, tqdm(
-        total=config.n_sessions, unit="session", desc="generating", disable=None if progress else True
-    ) as bar:
+    with (
+        pacsv.CSVWriter(tmp_path, schema, write_options=WRITE_OPTIONS) as writer,
+        tqdm(total=config.n_sessions, unit="session", desc="generating", disable=None if progress else True) as bar,
+    ):
         for first in range(0, config.n_sessions, config.chunk_sessions):
             count = min(config.chunk_sessions, config.n_sessions - first)
             chunk = generate_chunk(catalogue, config, first, count)
@@ -354,4 +363,3 @@ def generate_dataset(
             bar.update(count)
     tmp_path.replace(browsing_path)
     return GenerationSummary(browsing_path, catalog_path, config.n_sessions, events, config.n_products)
-

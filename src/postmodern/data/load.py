@@ -131,9 +131,7 @@ def to_raw_log(events: pa.RecordBatch, etl_id: str, etl_timestamp: int, api_key:
         ).to_arrow_table()
 
 
-def load_coveo_files(
-    warehouse: Warehouse, settings: Settings, data_dir: Path, progress: bool = True
-) -> LoadSummary:
+def load_coveo_files(warehouse: Warehouse, settings: Settings, data_dir: Path, progress: bool = True) -> LoadSummary:
     """Append `browsing_train.csv` (and the catalogue `sku_to_content.csv`) as one new load."""
     browsing_path = data_dir / "browsing_train.csv"
     catalog_path = data_dir / "sku_to_content.csv"
@@ -164,9 +162,11 @@ def load_coveo_files(
 def _catalog_batches(path: Path, etl_id: str, etl_timestamp: int, settings: Settings) -> Iterator[pa.RecordBatch]:
     for batch in _csv_batches(path, CATALOG_TYPES):
         rows = batch.num_rows
-        yield pa.RecordBatch.from_pydict({
-            "etl_id": pa.array([etl_id] * rows),
-            "etl_timestamp": pa.array([etl_timestamp] * rows, pa.int64()),
-            "api_key": pa.array([settings.application_api_key] * rows),
-            **{name: batch.column(name) for name in CATALOG_TYPES},
-        })
+        yield pa.RecordBatch.from_pydict(
+            {
+                "etl_id": pa.array([etl_id] * rows),
+                "etl_timestamp": pa.array([etl_timestamp] * rows, pa.int64()),
+                "api_key": pa.array([settings.application_api_key] * rows),
+                **{name: batch.column(name) for name in CATALOG_TYPES},
+            }
+        )
