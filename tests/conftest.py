@@ -45,13 +45,13 @@ def tiny_data(tmp_path_factory, tiny_config) -> Path:
 @pytest.fixture(scope="session")
 def built_warehouse(tmp_path_factory, tiny_data):
     """A warehouse with the tiny data loaded and `dbt build` run on it (shared, read it only)."""
-    from postmodern.data.load import load_coveo_files
+    from postmodern.data.load import load_source
     from postmodern.transform.dbt_runner import run_dbt_build
     from postmodern.warehouse import connect
 
     settings = make_settings(tmp_path_factory.mktemp("warehouse"))
     warehouse = connect(settings)
-    load_coveo_files(warehouse, settings, tiny_data, progress=False)
+    load_source(warehouse, settings, tiny_data, progress=False)
     warehouse.close()
     build = run_dbt_build(settings)
     return settings, build

@@ -26,7 +26,7 @@ def test_generate_writes_both_files(tmp_path, capsys):
 def test_errors_are_one_clear_line_and_exit_code_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["load", "--path", str(tmp_path / "missing")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "not a folder with browsing_train.csv" in capsys.readouterr().err
     assert main(["serve"]) == 2
     assert "no deployed model" in capsys.readouterr().err
     monkeypatch.setenv("WAREHOUSE", "snowflake")

@@ -4,7 +4,7 @@ import pyarrow.csv as pacsv
 import pytest
 from conftest import make_settings
 
-from postmodern.data.load import load_coveo_files
+from postmodern.data.load import load_source
 from postmodern.transform.dbt_runner import DbtBuildError, run_dbt_build
 from postmodern.warehouse import connect
 
@@ -51,7 +51,7 @@ def test_the_same_events_loaded_twice_count_once(tmp_path, tiny_data, built_ware
     settings = make_settings(tmp_path)
     for _ in range(2):
         warehouse = connect(settings)
-        load_coveo_files(warehouse, settings, tiny_data, progress=False)
+        load_source(warehouse, settings, tiny_data, force=True, progress=False)  # a forced reload
         warehouse.close()
     run_dbt_build(settings)
     count = 'select count(*) as n, sum(n_interactions) as items from "{schema}".sessions'
@@ -61,14 +61,21 @@ def test_the_same_events_loaded_twice_count_once(tmp_path, tiny_data, built_ware
 
 
 def test_implausible_timestamps_stop_the_build_naming_the_test(tmp_path):
-    data = tmp_path / "bad"
+    # The loader quarantines such rows; dbt is the second gate, for rows another writer put in the log.
+    data = tmp_path / "good"
     data.mkdir()
-    (data / "browsing_train.csv").write_text(
-        HEADER + "s1,event_product,detail,a,1550000000000,u\ns1,event_product,detail,b,1550000001,u\n"
-    )
+    (data / "browsing_train.csv").write_text(HEADER + "s1,event_product,detail,a,1550000000000,u\n")
     settings = make_settings(tmp_path)
     warehouse = connect(settings)
-    load_coveo_files(warehouse, settings, data, progress=False)
+    load_source(warehouse, settings, data, progress=False)
+    seconds_not_ms = (
+        '{"session_id_hash": "s1", "event_type": "event_product", "product_action": "detail", '
+        '"product_sku_hash": "b", "server_timestamp_epoch_ms": 1550000001, "hashed_url": "u"}'
+    )
+    warehouse.connection.execute(
+        f"insert into {warehouse.qualified(settings.sf_table)} values ('other', 1, ?, 'event_product', null, ?)",
+        [settings.application_api_key, seconds_not_ms],
+    )
     warehouse.close()
     with pytest.raises(DbtBuildError, match="assert_event_timestamps_plausible") as error:
         run_dbt_build(settings)
@@ -80,7 +87,7 @@ def test_implausible_timestamps_stop_the_build_naming_the_test(tmp_path):
 def test_vars_select_the_raw_table(tmp_path, tiny_data):
     settings = make_settings(tmp_path, sf_table="OTHER_RAW")
     warehouse = connect(settings)
-    load_coveo_files(warehouse, settings, tiny_data, progress=False)
+    load_source(warehouse, settings, tiny_data, progress=False)
     warehouse.close()
     build = run_dbt_build(settings)
     assert build.manifest["sources"]["source.postmodern.coveo.events_raw"]["identifier"] == "OTHER_RAW"

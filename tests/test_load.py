@@ -1,60 +1,158 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import zipfile
 from datetime import UTC, datetime
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
-import pyarrow as pa
 import pytest
 from conftest import make_settings
 
-from postmodern.data import load as load_module
-from postmodern.data.load import LoadError, load_coveo_files
+from postmodern.data.generator import PROFILES, generate_dataset
+from postmodern.data.load import LoadError, fingerprint, load_source
+from postmodern.data.reclist import sha256_of
 from postmodern.warehouse import check_raw_log, connect
-from postmodern.warehouse.duckdb_warehouse import DuckDBWarehouse
 
+FIXTURES = Path(__file__).parent / "fixtures"
 HEADER = "session_id_hash,event_type,product_action,product_sku_hash,server_timestamp_epoch_ms,hashed_url\n"
 
 
-def write_browsing(directory, rows):
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "browsing_train.csv").write_text(HEADER + "".join(row + "\n" for row in rows))
-    return directory
-
-
-def raw_rows(settings):
+def load(tmp_path, source, kind="coveo", **overrides):
+    settings = make_settings(tmp_path, **overrides)
     warehouse = connect(settings)
     try:
-        return warehouse.query(f"select * from {warehouse.qualified(settings.sf_table)}").to_pylist()
+        return settings, load_source(warehouse, settings, source, kind, progress=False)
     finally:
         warehouse.close()
 
 
-def test_a_load_appends_every_event_with_one_etl_id_and_the_event_as_json(tmp_path, tiny_data):
-    settings = make_settings(tmp_path, application_api_key="acme")
+def rows(settings, role="raw"):
     warehouse = connect(settings)
-    summary = load_coveo_files(warehouse, settings, tiny_data, progress=False)
-    warehouse.close()
+    try:
+        name = getattr(settings.log_tables, role)
+        return warehouse.query(f"select * from {warehouse.qualified(name)}").to_pylist()
+    finally:
+        warehouse.close()
+
+
+def events(settings):
+    return [json.loads(row["raw_data"]) for row in rows(settings)]
+
+
+def test_a_load_appends_every_event_with_one_etl_id_and_the_event_as_json(tmp_path, tiny_data):
+    settings, summary = load(tmp_path, tiny_data, application_api_key="acme")
     lines = (tiny_data / "browsing_train.csv").read_text().splitlines()
-    assert summary.events == len(lines) - 1
-    rows = raw_rows(settings)
-    assert len(rows) == summary.events
-    assert {row["etl_id"] for row in rows} == {summary.etl_id}
-    assert {row["api_key"] for row in rows} == {"acme"}
-    event = json.loads(rows[0]["raw_data"])
-    assert set(event) == {
+    assert summary.events == len(lines) - 1 and summary.quarantined == {}
+    raw = rows(settings)
+    assert len(raw) == summary.events
+    assert {row["etl_id"] for row in raw} == {summary.etl_id}
+    assert {row["api_key"] for row in raw} == {"acme"}
+    event = json.loads(raw[0]["raw_data"])
+    assert list(event) == [
         "session_id_hash",
         "event_type",
         "product_action",
         "product_sku_hash",
         "server_timestamp_epoch_ms",
         "hashed_url",
-    }
-    assert rows[0]["event_date"] == datetime.fromtimestamp(event["server_timestamp_epoch_ms"] / 1000, UTC).date()
+    ]
+    assert raw[0]["event_date"] == datetime.fromtimestamp(event["server_timestamp_epoch_ms"] / 1000, UTC).date()
     assert summary.products == len((tiny_data / "sku_to_content.csv").read_text().splitlines()) - 1
     assert check_raw_log(settings) == summary.events
+    (ledger,) = rows(settings, "loads")
+    assert ledger["etl_id"] == summary.etl_id and ledger["events"] == summary.events
+    assert ledger["sessions"] == summary.sessions
 
 
-def test_max_sessions_keeps_the_first_sessions_in_file_order_with_all_their_events(tmp_path, monkeypatch):
-    # s1 and s2 come first; their later events come after s3 and s4 appear, across several read batches
-    rows = [
+def test_each_kind_of_bad_row_is_quarantined_with_its_reason_and_every_good_row_loads(tmp_path):
+    settings, summary = load(tmp_path, FIXTURES / "coveo_bad")
+    assert summary.quarantined == {
+        "missing session id": 2,
+        "non-numeric timestamp": 1,
+        "timestamp out of range": 2,
+        "unknown event_type": 1,
+        "unknown product_action": 1,
+        "product event without SKU": 1,
+        "wrong column count": 2,
+        "invalid UTF-8": 1,
+        "oversized field": 1,
+        "catalogue row without SKU": 1,
+    }
+    loaded = events(settings)
+    # 6 good browsing rows and the search event
+    assert sorted((e["session_id_hash"], e["event_type"]) for e in loaded) == [
+        ("s1", "event_product"),
+        ("s1", "event_product"),
+        ("s1", "pageview"),
+        ("s1", "search"),
+        ("s2", "event_product"),
+        ("s2", "event_product"),
+        ("s4", "event_product"),
+    ]
+    search = next(e for e in loaded if e["event_type"] == "search")
+    assert search["product_skus_hash"] == "['sku1', 'sku2']"
+    quarantine = rows(settings, "quarantine")
+    by_reason = {row["reason"]: row for row in quarantine}
+    assert by_reason["non-numeric timestamp"]["raw_line"] == "s3,pageview,,,abc,u5"
+    assert by_reason["unknown event_type"]["raw_line"] == "s3,click,,,1550000006000,u6"
+    wrong = sorted(row["line_number"] for row in quarantine if row["reason"] == "wrong column count")
+    assert wrong == [15, 16]  # the file's own line numbers
+    assert by_reason["invalid UTF-8"]["source"].endswith("browsing_train.csv")
+    assert {row["etl_id"] for row in quarantine} == {summary.etl_id}
+    assert len(rows(settings, "catalog")) == 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "expected_sessions", "reason"),
+    [
+        (
+            "diginetica",
+            "diginetica/train-item-views.csv",
+            {"1": ["32118", "81766", "31331"], "2": ["33043", "9654"]},
+            "non-numeric timestamp",
+        ),
+        (
+            "yoochoose",
+            "yoochoose/yoochoose-clicks.dat",
+            {"1": ["214536502", "214536500"], "2": ["214662742", "214825110"]},
+            "non-numeric timestamp",
+        ),
+        (
+            "retailrocket",
+            "retailrocket/events.csv",
+            {"257597:1": ["355908", "248676", "355908"], "257597:2": ["111"], "992329:1": ["248676", "248676"]},
+            "unknown product_action",
+        ),
+        ("plain", "plain/sessions.csv", {"a": ["i1", "i2"], "b": ["i1", "i3"]}, "non-numeric timestamp"),
+    ],
+)
+def test_public_dataset_layouts_map_onto_coveo_events(tmp_path, kind, path, expected_sessions, reason):
+    settings, summary = load(tmp_path, FIXTURES / path, kind)
+    loaded = sorted(events(settings), key=lambda e: (e["session_id_hash"], e["server_timestamp_epoch_ms"]))
+    sessions: dict[str, list[str]] = {}
+    for event in loaded:
+        assert event["event_type"] == "event_product"
+        sessions.setdefault(event["session_id_hash"], []).append(event["product_sku_hash"])
+    assert sessions == expected_sessions
+    assert summary.quarantined == {reason: 1}
+
+
+def test_timestamps_of_each_layout_are_epoch_milliseconds(tmp_path):
+    settings, _ = load(tmp_path, FIXTURES / "plain/sessions.csv", "plain")
+    stamps = sorted(e["server_timestamp_epoch_ms"] for e in events(settings))
+    assert stamps == [1_500_000_000_000, 1_500_000_000_000, 1_500_000_060_000, 1_500_000_100_000]
+    settings, _ = load(tmp_path / "y", FIXTURES / "yoochoose/yoochoose-clicks.dat", "yoochoose")
+    assert min(e["server_timestamp_epoch_ms"] for e in events(settings)) == 1_396_867_869_277
+
+
+def test_max_sessions_keeps_exactly_the_first_sessions_in_file_order(tmp_path):
+    # s1 and s2 come first; their later events come after s3 and s4 have appeared
+    lines = [
         "s1,event_product,detail,a,1550000000000,u",
         "s2,pageview,,,1550000000001,u",
         "s1,event_product,add,a,1550000001000,u",
@@ -62,46 +160,51 @@ def test_max_sessions_keeps_the_first_sessions_in_file_order_with_all_their_even
         "s2,event_product,detail,b,1550000003000,u",
         "s4,pageview,,,1550000004000,u",
         "s1,event_product,purchase,a,1550000005000,u",
+        "s9,pageview,,,bad,u",
     ]
-    monkeypatch.setattr(load_module, "BLOCK_SIZE", 128)
-    data = write_browsing(tmp_path / "in", rows)
-    settings = make_settings(tmp_path, max_sessions=2)
-    warehouse = connect(settings)
-    summary = load_coveo_files(warehouse, settings, data, progress=False)
-    warehouse.close()
-    loaded = [json.loads(row["raw_data"]) for row in raw_rows(settings)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "browsing_train.csv").write_text(HEADER + "\n".join(lines) + "\n")
+    settings, summary = load(tmp_path, tmp_path / "in", max_sessions=2)
     assert summary.sessions == 2 and summary.events == 5
-    assert [event["session_id_hash"] for event in loaded] == ["s1", "s2", "s1", "s2", "s1"]
-    assert loaded[1]["product_action"] is None and loaded[1]["product_sku_hash"] is None
+    assert [e["session_id_hash"] for e in events(settings)] == ["s1", "s2", "s1", "s2", "s1"]
+    assert summary.quarantined == {} and summary.outside_session_limit == 1
 
 
-def test_a_failed_load_leaves_none_of_its_rows(tmp_path):
-    warehouse = DuckDBWarehouse(tmp_path / "w.duckdb", "S")
-    warehouse.ensure_raw_tables("RAW", "CATALOG")
-    good = pa.RecordBatch.from_pydict({"etl_id": ["e"], "etl_timestamp": [1], "api_key": ["k"]})
-
-    def batches():
-        yield good
-        raise RuntimeError("killed half-way")
-
-    with pytest.raises(RuntimeError, match="half-way"):
-        warehouse.append_batches("RAW", batches())
-    assert warehouse.query('select count(*) as n from "S"."RAW"').column("n")[0].as_py() == 0
-    assert warehouse.append_batches("RAW", iter([good])) == 1  # and a rerun succeeds
-
-
-def test_missing_or_malformed_files_are_clear_errors(tmp_path):
+def test_loading_the_same_source_twice_is_refused_unless_forced(tmp_path, tiny_data):
     settings = make_settings(tmp_path)
     warehouse = connect(settings)
     try:
-        with pytest.raises(LoadError, match="does not exist"):
-            load_coveo_files(warehouse, settings, tmp_path / "nowhere", progress=False)
-        (tmp_path / "bad").mkdir()
-        (tmp_path / "bad" / "browsing_train.csv").write_text("a,b\n1,2\n")
-        with pytest.raises(LoadError, match="browsing_train.csv"):
-            load_coveo_files(warehouse, settings, tmp_path / "bad", progress=False)
+        first = load_source(warehouse, settings, tiny_data, progress=False)
+        with pytest.raises(LoadError, match=f"already loaded as etl_id {first.etl_id}.*--force"):
+            load_source(warehouse, settings, tiny_data, progress=False)
+        again = load_source(warehouse, settings, tiny_data, force=True, progress=False)
     finally:
         warehouse.close()
+    assert again.events == first.events
+    assert len(rows(settings, "loads")) == 2
+
+
+def test_fingerprint_follows_content_not_location(tmp_path, tiny_data):
+    copy = tmp_path / "copy.csv"
+    copy.write_bytes((tiny_data / "browsing_train.csv").read_bytes())
+    original = fingerprint([tiny_data / "browsing_train.csv"])
+    assert fingerprint([copy]) != original  # the name is part of it
+    same_name = tmp_path / "browsing_train.csv"
+    same_name.write_bytes(copy.read_bytes())
+    assert fingerprint([same_name]) == original
+    same_name.write_bytes(copy.read_bytes().replace(b"pageview", b"pageviex", 1))
+    assert fingerprint([same_name]) != original
+
+
+def test_missing_or_malformed_sources_are_clear_errors(tmp_path):
+    with pytest.raises(LoadError, match="not a folder"):
+        load(tmp_path, tmp_path / "nowhere")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "browsing_train.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(LoadError, match="header"):
+        load(tmp_path, tmp_path / "bad")
+    with pytest.raises(LoadError, match="unknown source"):
+        load(tmp_path, tmp_path / "bad", "parquet")
 
 
 def test_check_raw_log_says_to_load_first(tmp_path):
@@ -113,3 +216,99 @@ def test_check_raw_log_says_to_load_first(tmp_path):
     connect(settings).close()
     with pytest.raises(WarehouseError, match="does not exist"):
         check_raw_log(settings)
+
+
+def reclist_zip(directory: Path) -> Path:
+    """A small dataset in the RecList layout: sessions of browsing events, next events, a catalogue."""
+
+    def event(session, sku, ms):
+        return {
+            "session_id_hash": session,
+            "event_type": "event_product",
+            "product_action": "detail",
+            "product_sku_hash": sku,
+            "server_timestamp_epoch_ms": ms,
+            "hashed_url": f"u-{sku}",
+        }
+
+    data = {
+        "x_train": [[event("t1", "a", 1550000000000), event("t1", "b", 1550000001000)]],
+        "x_test": [[event("q1", "b", 1550000100000)]],
+        "y_test": [[event("q1", "c", 1550000101000)]],
+        "catalog": {
+            "a": {"category_hash": "x/y", "price_bucket": 3, "description_vector": [0.1, 0.2]},
+            "b": {"category_hash": "x/z", "price_bucket": 5},
+        },
+    }
+    path = directory / "coveo_sigir.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("dataset.json", json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield served, f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_reclist_dataset_is_fetched_once_checked_and_loaded(tmp_path, file_server):
+    served, base = file_server
+    archive = reclist_zip(served)
+    settings = make_settings(tmp_path / "w")
+    warehouse = connect(settings)
+    try:
+        summary = load_source(
+            warehouse, settings, f"{base}/coveo_sigir.zip", "reclist", checksum=sha256_of(archive), progress=False
+        )
+        archive.unlink()  # the second load reads the cache, not the server
+        again = load_source(warehouse, settings, f"{base}/coveo_sigir.zip", "reclist", force=True, progress=False)
+    finally:
+        warehouse.close()
+    assert summary.events == again.events == 4 and summary.sessions == 2 and summary.products == 2
+    loaded = events(settings)
+    assert [e["product_sku_hash"] for e in loaded if e["session_id_hash"] == "q1"][:2] == ["b", "c"]
+    catalog = {row["product_sku_hash"]: row for row in rows(settings, "catalog")}
+    assert catalog["a"]["description_vector"] == "[0.1, 0.2]" and catalog["b"]["price_bucket"] == "5"
+    assert len(list((settings.data_dir / "cache").glob("*coveo_sigir.zip"))) == 1
+
+
+def test_a_reclist_download_with_the_wrong_checksum_is_refused_and_not_cached(tmp_path, file_server):
+    served, base = file_server
+    reclist_zip(served)
+    with pytest.raises(LoadError, match="checksum"):
+        settings = make_settings(tmp_path)
+        warehouse = connect(settings)
+        try:
+            load_source(warehouse, settings, f"{base}/coveo_sigir.zip", "reclist", checksum="0" * 64, progress=False)
+        finally:
+            warehouse.close()
+    assert not list((tmp_path / "cache").glob("*"))
+    with pytest.raises(LoadError, match="cannot fetch"):
+        load(tmp_path / "x", f"{base}/missing.zip", "reclist")
+
+
+def test_a_load_killed_half_way_leaves_nothing_and_a_rerun_succeeds(tmp_path):
+    from dataclasses import replace
+
+    data = tmp_path / "data"
+    generate_dataset(data, replace(PROFILES["small"], n_sessions=150_000), progress=False)
+    settings = make_settings(tmp_path)
+    env = {**os.environ, "DUCKDB_PATH": str(settings.duckdb_path), "DATA_DIR": str(tmp_path)}
+    command = [sys.executable, "-m", "postmodern.cli", "load", "--path", str(data)]
+    loader = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in loader.stdout:  # the final transaction has begun: kill it mid-write
+        if line.startswith("writing"):
+            loader.send_signal(signal.SIGKILL)
+            break
+    assert loader.wait(timeout=120) == -signal.SIGKILL
+    assert rows(settings) == [] and rows(settings, "loads") == []
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    (ledger,) = rows(settings, "loads")
+    assert check_raw_log(settings) == ledger["events"] > 1_000_000

@@ -27,14 +27,16 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _load(args: argparse.Namespace) -> None:
     from postmodern.config import load_settings
-    from postmodern.data.load import load_coveo_files
+    from postmodern.data.load import load_source
     from postmodern.warehouse import connect
 
     overrides = {"max_sessions": args.max_sessions} if args.max_sessions else {}
     settings = load_settings(**overrides)
     warehouse = connect(settings)
     try:
-        summary = load_coveo_files(warehouse, settings, args.path, progress=not args.quiet)
+        summary = load_source(
+            warehouse, settings, args.path, args.source, force=args.force, checksum=args.sha256, progress=not args.quiet
+        )
     finally:
         warehouse.close()
     print(summary.describe())
@@ -91,6 +93,8 @@ def _some_sku(settings) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from postmodern.data import sources
+
     parser = argparse.ArgumentParser(prog="postmodern", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -109,13 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--quiet", action="store_true", help="no progress bar")
     generate.set_defaults(run=_generate)
 
-    load = commands.add_parser("load", help="append Coveo-format files to the warehouse's raw log as one load")
+    load = commands.add_parser(
+        "load",
+        help="append session data to the warehouse's raw log as one load (bad rows go to the quarantine)",
+        description=sources.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    load.add_argument("--source", default="coveo", choices=sources.SOURCE_KINDS, help="layout of the data")
     load.add_argument(
         "--path",
-        type=Path,
-        default=DEFAULT_DATA_DIR,
-        help=f"folder with browsing_train.csv and sku_to_content.csv (default {DEFAULT_DATA_DIR})",
+        default=str(DEFAULT_DATA_DIR),
+        help=f"the file or folder (a URL for reclist; default {DEFAULT_DATA_DIR})",
     )
+    load.add_argument("--force", action="store_true", help="load a source even if it was loaded before")
+    load.add_argument("--sha256", help="expected checksum of a downloaded reclist zip")
     load.add_argument("--max-sessions", type=int, help="load the first N sessions only (default: MAX_SESSIONS)")
     load.add_argument("--quiet", action="store_true", help="no progress bar")
     load.set_defaults(run=_load)
@@ -136,13 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from postmodern.config import ConfigError
     from postmodern.data.load import LoadError
+    from postmodern.data.sources import SourceError
     from postmodern.model.bundle import BundleError
     from postmodern.warehouse import WarehouseError
 
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ConfigError, LoadError, BundleError, WarehouseError) as error:
+    except (ConfigError, LoadError, SourceError, BundleError, WarehouseError) as error:
         print(f"postmodern {args.command}: {error}", file=sys.stderr)
         return 2
     return 0

@@ -7,6 +7,7 @@ makes its variables required, and a missing one fails at start-up with the varia
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -23,6 +24,16 @@ class ConfigError(ValueError):
 REQUIRED_FOR_SNOWFLAKE = ("SF_USER", "SF_PWD", "SF_ACCOUNT", "SF_DB", "SF_ROLE")
 REQUIRED_FOR_DBT_CLOUD = ("DBT_ACCOUNT_ID", "DBT_PROJECT_ID", "DBT_JOB_ID", "DBT_API_KEY")
 REQUIRED_FOR_SAGEMAKER = ("SAGEMAKER_ROLE", "SAGEMAKER_IMAGE", "SAGEMAKER_BUCKET")
+
+
+@dataclass(frozen=True)
+class LogTables:
+    """The append-only tables a load writes, named after the raw log (`SF_TABLE`)."""
+
+    raw: str
+    catalog: str
+    quarantine: str
+    loads: str
 
 
 class Settings(BaseSettings):
@@ -49,6 +60,7 @@ class Settings(BaseSettings):
     application_api_key: str = "postmodern-local"
     max_sessions: int | None = Field(default=None, ge=1)
     data_dir: Path = Path("data")
+    load_memory_limit: str = "3GB"  # DuckDB's memory while loading; it spills to disk beyond
 
     # Compute and tracking
     en_batch: bool = False
@@ -90,6 +102,15 @@ class Settings(BaseSettings):
                 + " (set them in the environment or in .env; see .env.example)"
             )
         return self
+
+    @property
+    def log_tables(self) -> LogTables:
+        return LogTables(
+            raw=self.sf_table,
+            catalog=self.sf_catalog_table,
+            quarantine=f"{self.sf_table}_QUARANTINE",
+            loads=f"{self.sf_table}_LOADS",
+        )
 
     @property
     def tracker(self) -> Literal["mlflow", "comet"]:

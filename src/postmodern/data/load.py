@@ -1,62 +1,46 @@
-"""Append Coveo-format files to the warehouse's raw log: one load is one `etl_id`, all or nothing.
+"""Append a source to the warehouse's raw log: one load is one `etl_id`, all or nothing, loud about bad rows.
 
-Files are read by Arrow's streaming CSV reader in file order, so `MAX_SESSIONS` keeps exactly the first
-N sessions as they appear in the file, and memory is bounded by the block size, not the file size.
-Each batch is shaped into the raw-log schema by an in-memory DuckDB query (JSON built in C, not in a
-Python loop) and appended inside one transaction.
+1. The source's reader (data/sources.py) is run by DuckDB into a staging table: parsing is columnar and
+   parallel, and lines that cannot be parsed land in DuckDB's rejects tables with the reason.
+2. Every staged row is checked (session id, timestamp, event type, product action, SKU, field sizes);
+   a failing row goes to the quarantine table with its raw line, the source, the etl_id and the reason.
+3. `MAX_SESSIONS` keeps the first N sessions in file order, exactly, by each session's first line.
+4. The raw log, the quarantine, the catalogue and the loads ledger are appended in one transaction, so a
+   load killed half-way leaves nothing behind, and a load of a source already in the ledger (same
+   fingerprint) is refused unless forced. dbt counts a re-loaded event once either way.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 from tqdm import tqdm
 
 from postmodern.config import Settings
+from postmodern.data.sources import SourceError, StagedSource, stage_source
 from postmodern.warehouse import Warehouse
 
-BROWSING_TYPES = {
-    "session_id_hash": pa.string(),
-    "event_type": pa.string(),
-    "product_action": pa.string(),
-    "product_sku_hash": pa.string(),
-    "server_timestamp_epoch_ms": pa.int64(),
-    "hashed_url": pa.string(),
-}
-CATALOG_TYPES = {
-    "product_sku_hash": pa.string(),
-    "description_vector": pa.string(),
-    "category_hash": pa.string(),
-    "image_vector": pa.string(),
-    "price_bucket": pa.string(),
-}
-BLOCK_SIZE = 64 << 20
+EARLIEST_EPOCH_MS = 946_684_800_000  # 2000-01-01: anything earlier is a unit or parsing error
+MAX_FIELD_LENGTH = 4096
+FINGERPRINT_SAMPLES = 16
+SAMPLE_BYTES = 1 << 16
 
-RAW_LOG_SELECT = """
-select
-    $etl_id as etl_id,
-    $etl_timestamp as etl_timestamp,
-    $api_key as api_key,
-    event_type,
-    cast(epoch_ms(server_timestamp_epoch_ms) as date) as event_date,
-    json_object(
-        'session_id_hash', session_id_hash,
-        'event_type', event_type,
-        'product_action', product_action,
-        'product_sku_hash', product_sku_hash,
-        'server_timestamp_epoch_ms', server_timestamp_epoch_ms,
-        'hashed_url', hashed_url
-    ) as raw_data
-from events
-"""
+# DuckDB's CSV rejects, in the words of the quarantine.
+REJECT_REASONS = {
+    "MISSING COLUMNS": "wrong column count",
+    "TOO MANY COLUMNS": "wrong column count",
+    "INVALID ENCODING": "invalid UTF-8",
+    "INVALID UNICODE": "invalid UTF-8",
+    "LINE SIZE OVER MAXIMUM": "oversized line",
+    "UNQUOTED VALUE": "malformed quoting",
+    "CAST": "unparseable value",
+}
 
 
 class LoadError(ValueError):
@@ -70,103 +54,251 @@ class LoadSummary:
     sessions: int
     products: int
     seconds: float
+    quarantined: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    outside_session_limit: int = 0  # invalid rows of sessions past MAX_SESSIONS, not quarantined
 
     @property
     def events_per_second(self) -> float:
         return self.events / self.seconds if self.seconds else 0.0
 
     def describe(self) -> str:
-        return (
+        text = (
             f"loaded {self.events:,} events in {self.sessions:,} sessions and {self.products:,} catalogue "
             f"products as etl_id {self.etl_id} in {self.seconds:.1f} s ({self.events_per_second:,.0f} events/s)"
         )
+        if self.quarantined:
+            reasons = ", ".join(f"{reason}: {count:,}" for reason, count in sorted(self.quarantined.items()))
+            text += f"\nquarantined {sum(self.quarantined.values()):,} rows ({reasons})"
+        if self.outside_session_limit:
+            text += f"\n{self.outside_session_limit:,} invalid rows belong to sessions past MAX_SESSIONS"
+        return text
 
 
-def _csv_batches(path: Path, column_types: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
-    if not path.exists():
-        raise LoadError(f"{path} does not exist")
-    try:
-        reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(block_size=BLOCK_SIZE),
-            convert_options=pacsv.ConvertOptions(
-                column_types=column_types, include_columns=list(column_types), strings_can_be_null=True
-            ),
-        )
-    except (pa.ArrowInvalid, pa.ArrowKeyError) as error:
-        raise LoadError(f"{path}: not a file in the expected format ({', '.join(column_types)}): {error}") from error
-    while True:
+def fingerprint(files: list[Path]) -> str:
+    """A content fingerprint that costs the same for 1 MB or 10 GB: size, name, and evenly spaced samples."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as handle:
+            for index in range(FINGERPRINT_SAMPLES + 1):
+                handle.seek(max(0, min(size - SAMPLE_BYTES, size * index // FINGERPRINT_SAMPLES)))
+                digest.update(handle.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def _reason_sql() -> str:
+    latest = int((time.time() + 86_400) * 1000)
+    return f"""case
+        when session_id_hash is null or trim(session_id_hash) = '' then 'missing session id'
+        when try_cast(server_timestamp_epoch_ms as bigint) is null then 'non-numeric timestamp'
+        when try_cast(server_timestamp_epoch_ms as bigint) not between {EARLIEST_EPOCH_MS} and {latest}
+            then 'timestamp out of range'
+        when event_type is null or event_type not in ('pageview', 'event_product', 'search')
+            then 'unknown event_type'
+        when event_type = 'event_product' and (product_action is null
+             or product_action not in ('detail', 'add', 'remove', 'purchase')) then 'unknown product_action'
+        when event_type = 'pageview' and product_action is not null then 'unknown product_action'
+        when event_type = 'event_product' and (product_sku_hash is null or trim(product_sku_hash) = '')
+            then 'product event without SKU'
+        when greatest(length(session_id_hash), length(coalesce(product_sku_hash, '')),
+                      length(coalesce(hashed_url, '')), length(coalesce(product_action, '')),
+                      length(coalesce(query_vector, '')) / 64) > {MAX_FIELD_LENGTH}
+            then 'oversized field'
+    end"""
+
+
+RAW_DATA_SQL = """case when event_type = 'search'
+    then to_json(struct_pack(session_id_hash, event_type, query_vector, clicked_skus_hash, product_skus_hash,
+                             server_timestamp_epoch_ms := epoch_ms_value))
+    else to_json(struct_pack(session_id_hash, event_type, product_action, product_sku_hash,
+                             server_timestamp_epoch_ms := epoch_ms_value, hashed_url))
+end"""
+
+
+def _run(connection: duckdb.DuckDBPyConnection, sql: str, description: str, progress: bool) -> None:
+    """Execute `sql`, drawing DuckDB's own progress of the query as a bar."""
+    if not progress:
+        connection.execute(sql)
+        return
+    failure: list[BaseException] = []
+
+    def work() -> None:
         try:
-            yield reader.read_next_batch()
-        except StopIteration:
-            return
-        except pa.ArrowInvalid as error:
-            raise LoadError(f"{path}: {error}") from error
+            connection.execute(sql)
+        except BaseException as error:  # re-raised in the caller's thread
+            failure.append(error)
+
+    worker = threading.Thread(target=work, daemon=True)
+    with tqdm(
+        total=100, desc=description, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}", disable=None
+    ) as bar:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+            done = connection.query_progress()
+            if done >= 0:
+                bar.update(max(0.0, done - bar.n))
+        bar.update(100 - bar.n)
+    if failure:
+        raise failure[0]
 
 
-def first_sessions(batches: Iterator[pa.RecordBatch], max_sessions: int | None) -> Iterator[pa.RecordBatch]:
-    """Keep the events of the first `max_sessions` sessions in file order (all of them when None)."""
-    kept: pa.Array = pa.array([], pa.string())
-    for batch in batches:
-        if max_sessions is None:
-            yield batch
-            continue
-        sessions = batch.column("session_id_hash")
-        if len(kept) < max_sessions:
-            # pc.unique keeps first-appearance order, so the earliest new sessions are taken first.
-            new = pc.filter(pc.unique(sessions), pc.invert(pc.is_in(pc.unique(sessions), kept)))
-            kept = pa.concat_arrays([kept, new.slice(0, max_sessions - len(kept))])
-        # Later events of a kept session may come after the limit is reached: read to the end.
-        selected = batch.filter(pc.is_in(sessions, kept))
-        if selected.num_rows:
-            yield selected
-
-
-def to_raw_log(events: pa.RecordBatch, etl_id: str, etl_timestamp: int, api_key: str) -> pa.Table:
-    """Shape browsing_train rows into the raw-log schema (DESIGN.md)."""
-    with duckdb.connect() as connection:
-        connection.register("events", events)
-        return connection.sql(
-            RAW_LOG_SELECT, params={"etl_id": etl_id, "etl_timestamp": etl_timestamp, "api_key": api_key}
-        ).to_arrow_table()
-
-
-def load_coveo_files(warehouse: Warehouse, settings: Settings, data_dir: Path, progress: bool = True) -> LoadSummary:
-    """Append `browsing_train.csv` (and the catalogue `sku_to_content.csv`) as one new load."""
-    browsing_path = data_dir / "browsing_train.csv"
-    catalog_path = data_dir / "sku_to_content.csv"
+def load_source(
+    warehouse: Warehouse,
+    settings: Settings,
+    path: Path | str,
+    kind: str = "coveo",
+    *,
+    force: bool = False,
+    checksum: str | None = None,
+    progress: bool = True,
+) -> LoadSummary:
+    """Append the source at `path` (in `kind`'s layout) as one load; see the module docstring."""
     started = time.perf_counter()
-    etl_id = str(uuid.uuid4())
-    etl_timestamp = int(time.time() * 1000)
-    warehouse.ensure_raw_tables(settings.sf_table, settings.sf_catalog_table)
+    etl_id, etl_timestamp = str(uuid.uuid4()), int(time.time() * 1000)
+    tables = settings.log_tables
+    warehouse.ensure_raw_tables(tables)
+    engine = warehouse.staging_connection()
+    engine.execute(f"set memory_limit = '{settings.load_memory_limit}'")
+    try:
+        staged = stage_source(engine, kind, path, settings.data_dir / "cache", checksum)
+    except SourceError as error:
+        raise LoadError(str(error)) from None
+    source_fingerprint = fingerprint(staged.files)
+    previous = warehouse.query(
+        f"select etl_id, etl_timestamp from {warehouse.qualified(tables.loads)} "
+        "where fingerprint = ? and api_key = ? order by etl_timestamp",
+        [source_fingerprint, settings.application_api_key],
+    ).to_pylist()
+    if previous and not force:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(previous[0]["etl_timestamp"] / 1000))
+        raise LoadError(
+            f"{path} was already loaded as etl_id {previous[0]['etl_id']} ({when} UTC); loading it again would "
+            "append the same events twice. Pass --force to load it anyway (dbt counts each event once)."
+        )
+    tag = etl_id.replace("-", "")[:12]
+    try:
+        _stage(engine, staged, tag, settings.max_sessions, progress)
+        counts = _counts(engine, staged, tag, settings.max_sessions is not None)
+        api_key = _sql_text(settings.application_api_key)
+        common = f"'{etl_id}' as etl_id, {etl_timestamp} as etl_timestamp, '{api_key}' as api_key"
+        seconds_so_far = time.perf_counter() - started
+        selects = {
+            tables.raw: f"""select {common}, event_type, cast(epoch_ms(epoch_ms_value) as date) as event_date,
+                                   {RAW_DATA_SQL} as raw_data
+                            from events_{tag} where reason is null and kept""",
+            tables.quarantine: _quarantine_sql(staged, tag, common, settings.max_sessions is not None),
+            tables.loads: f"""select {common}, '{kind}' as source_kind, '{_sql_text(str(path))}' as source_path,
+                                     '{source_fingerprint}' as fingerprint, {counts["events"]} as events,
+                                     {counts["sessions"]} as sessions, {sum(counts["quarantined"].values())}
+                                     as quarantined, {counts["products"]} as products,
+                                     {seconds_so_far:.3f} as seconds""",
+        }
+        if staged.catalog_sql:
+            selects[tables.catalog] = f"""select {common}, product_sku_hash, category_hash, price_bucket,
+                                                 description_vector, image_vector
+                                          from catalog_{tag} where nullif(trim(product_sku_hash), '') is not null"""
+        if progress:
+            print(f"writing {counts['events']:,} events to {warehouse.qualified(tables.raw)} ...", flush=True)
+        warehouse.append_queries(engine, selects)
+    finally:
+        for table in (f"staged_{tag}", f"events_{tag}", f"kept_{tag}", f"catalog_{tag}"):
+            engine.execute(f"drop table if exists {table}")
+    return LoadSummary(
+        etl_id,
+        counts["events"],
+        counts["sessions"],
+        counts["products"],
+        time.perf_counter() - started,
+        counts["quarantined"],
+        counts["outside"],
+    )
 
-    sessions: set[str] = set()
-    bar = tqdm(unit=" events", unit_scale=True, desc="loading events", disable=None if progress else True)
 
-    def raw_batches() -> Iterator[pa.RecordBatch]:
-        for events in first_sessions(_csv_batches(browsing_path, BROWSING_TYPES), settings.max_sessions):
-            sessions.update(pc.unique(events.column("session_id_hash")).to_pylist())
-            bar.update(events.num_rows)
-            yield from to_raw_log(events, etl_id, etl_timestamp, settings.application_api_key).to_batches()
+def _sql_text(value: str) -> str:
+    return value.replace("'", "''")
 
-    with bar:
-        events = warehouse.append_batches(settings.sf_table, raw_batches())
+
+def _stage(
+    engine: duckdb.DuckDBPyConnection, staged: StagedSource, tag: str, max_sessions: int | None, progress: bool
+) -> None:
+    _run(engine, f"create temp table staged_{tag} as {staged.events_sql}", "reading", progress)
+    _run(
+        engine,
+        f"""create temp table events_{tag} as
+                    select *, {_reason_sql()} as reason,
+                           try_cast(server_timestamp_epoch_ms as bigint) as epoch_ms_value
+                    from staged_{tag}""",
+        "checking",
+        progress,
+    )
+    engine.execute(f"drop table staged_{tag}")
+    if max_sessions is None:
+        engine.execute(f"alter table events_{tag} add column kept boolean default true")
+    else:
+        engine.execute(f"""create temp table kept_{tag} as
+                          select session_id_hash from events_{tag} where reason is null
+                          group by session_id_hash order by min(line) limit {int(max_sessions)}""")
+        engine.execute(f"""alter table events_{tag} add column kept boolean default false;
+                          update events_{tag} set kept = true
+                          where session_id_hash in (select session_id_hash from kept_{tag})""")
+    if staged.catalog_sql:
+        engine.execute(f"create temp table catalog_{tag} as {staged.catalog_sql}")
+
+
+def _counts(engine: duckdb.DuckDBPyConnection, staged: StagedSource, tag: str, limited: bool) -> dict:
+    events, sessions = engine.sql(
+        f"select count(*), count(distinct session_id_hash) from events_{tag} where reason is null and kept"
+    ).fetchall()[0]
+    quarantined = dict(
+        engine.sql(
+            f"select reason, count(*) from events_{tag} where reason is not null and kept group by reason"
+        ).fetchall()
+    )
+    outside = engine.sql(f"select count(*) from events_{tag} where reason is not null and not kept").fetchall()[0][0]
+    for rejects, _ in staged.rejects_tables:
+        for error_type, count in engine.sql(f"select error_type, count(*) from {rejects} group by 1").fetchall():
+            if limited:
+                outside += count
+                continue
+            reason = REJECT_REASONS.get(error_type, error_type.lower())
+            quarantined[reason] = quarantined.get(reason, 0) + count
     products = 0
-    if catalog_path.exists():
-        products = warehouse.append_batches(
-            settings.sf_catalog_table, _catalog_batches(catalog_path, etl_id, etl_timestamp, settings)
-        )
-    return LoadSummary(etl_id, events, len(sessions), products, time.perf_counter() - started)
+    if staged.catalog_sql:
+        products, without_sku = engine.sql(
+            f"select count(nullif(trim(product_sku_hash), '')), count(*) - count(nullif(trim(product_sku_hash), '')) "
+            f"from catalog_{tag}"
+        ).fetchall()[0]
+        if without_sku:
+            quarantined["catalogue row without SKU"] = without_sku
+    return {
+        "events": events,
+        "sessions": sessions,
+        "quarantined": quarantined,
+        "outside": outside,
+        "products": products,
+    }
 
 
-def _catalog_batches(path: Path, etl_id: str, etl_timestamp: int, settings: Settings) -> Iterator[pa.RecordBatch]:
-    for batch in _csv_batches(path, CATALOG_TYPES):
-        rows = batch.num_rows
-        yield pa.RecordBatch.from_pydict(
-            {
-                "etl_id": pa.array([etl_id] * rows),
-                "etl_timestamp": pa.array([etl_timestamp] * rows, pa.int64()),
-                "api_key": pa.array([settings.application_api_key] * rows),
-                **{name: batch.column(name) for name in CATALOG_TYPES},
-            }
-        )
+def _quarantine_sql(staged: StagedSource, tag: str, common: str, limited: bool) -> str:
+    parts = [
+        f"""select {common}, source_file as source, cast(null as bigint) as line_number,
+                        source_line as raw_line, reason
+                 from events_{tag} where reason is not null and kept"""
+    ]
+    if staged.catalog_sql:
+        catalog_file = _sql_text(str(staged.files[-1]))
+        parts.append(f"""select {common}, '{catalog_file}' as source, cast(null as bigint) as line_number,
+                                concat_ws(',', coalesce(product_sku_hash, ''), coalesce(category_hash, ''),
+                                          coalesce(price_bucket, '')) as raw_line,
+                                'catalogue row without SKU' as reason
+                         from catalog_{tag} where nullif(trim(product_sku_hash), '') is null""")
+    if not limited:  # parse rejects carry no session: with a session limit they are counted, not kept
+        mapping = " ".join(f"when '{error}' then '{reason}'" for error, reason in REJECT_REASONS.items())
+        for rejects, file in staged.rejects_tables:
+            parts.append(f"""select {common}, '{_sql_text(file)}' as source, cast(line as bigint) as line_number,
+                                    csv_line as raw_line,
+                                    case error_type {mapping} else lower(error_type) end as reason
+                             from {rejects}""")
+    return " union all ".join(parts)

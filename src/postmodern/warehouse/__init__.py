@@ -6,25 +6,57 @@ this layer speaks Arrow and never imports a driver.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Protocol
 
+import duckdb
 import pyarrow as pa
 
-from postmodern.config import Settings
+from postmodern.config import LogTables, Settings
 
-# Columns of the raw log, as in DESIGN.md; `raw_data` holds the event exactly as in browsing_train.csv.
-RAW_LOG_COLUMNS = ("etl_id", "etl_timestamp", "api_key", "event_type", "event_date", "raw_data")
-CATALOG_COLUMNS = (
-    "etl_id",
-    "etl_timestamp",
-    "api_key",
-    "product_sku_hash",
-    "category_hash",
-    "price_bucket",
-    "description_vector",
-    "image_vector",
-)
+# Column names and types of the append-only tables; each warehouse spells the types its own way.
+# raw_data holds the event as in browsing_train.csv (JSON); the ledger has one row per load.
+LOG_TABLE_COLUMNS = {
+    "raw": [
+        ("etl_id", "text"),
+        ("etl_timestamp", "bigint"),
+        ("api_key", "text"),
+        ("event_type", "text"),
+        ("event_date", "date"),
+        ("raw_data", "json"),
+    ],
+    "catalog": [
+        ("etl_id", "text"),
+        ("etl_timestamp", "bigint"),
+        ("api_key", "text"),
+        ("product_sku_hash", "text"),
+        ("category_hash", "text"),
+        ("price_bucket", "text"),
+        ("description_vector", "text"),
+        ("image_vector", "text"),
+    ],
+    "quarantine": [
+        ("etl_id", "text"),
+        ("etl_timestamp", "bigint"),
+        ("api_key", "text"),
+        ("source", "text"),
+        ("line_number", "bigint"),
+        ("raw_line", "text"),
+        ("reason", "text"),
+    ],
+    "loads": [
+        ("etl_id", "text"),
+        ("etl_timestamp", "bigint"),
+        ("api_key", "text"),
+        ("source_kind", "text"),
+        ("source_path", "text"),
+        ("fingerprint", "text"),
+        ("events", "bigint"),
+        ("sessions", "bigint"),
+        ("quarantined", "bigint"),
+        ("products", "bigint"),
+        ("seconds", "double"),
+    ],
+}
 
 
 class WarehouseError(RuntimeError):
@@ -40,11 +72,14 @@ class Warehouse(Protocol):
     def check(self) -> None:
         """Raise WarehouseError unless the warehouse answers a query."""
 
-    def ensure_raw_tables(self, raw_table: str, catalog_table: str) -> None:
-        """Create the append-only tables when missing."""
+    def ensure_raw_tables(self, tables: LogTables) -> None:
+        """Create the append-only tables (raw log, catalogue, quarantine, loads ledger) when missing."""
 
-    def append_batches(self, table: str, batches: Iterable[pa.RecordBatch]) -> int:
-        """Append all batches in one transaction (all or nothing); return the rows written."""
+    def staging_connection(self) -> duckdb.DuckDBPyConnection:
+        """The DuckDB connection where a load stages and checks its rows before appending them."""
+
+    def append_queries(self, staging: duckdb.DuckDBPyConnection, selects: dict[str, str]) -> dict[str, int]:
+        """Append each query's rows (run on `staging`) to its table, all in one transaction."""
 
     def query(self, sql: str, parameters: list | None = None) -> pa.Table:
         """Run a read query and return the result as Arrow."""

@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
-from postmodern.warehouse import WarehouseError
+from postmodern.config import LogTables
+from postmodern.warehouse import LOG_TABLE_COLUMNS, WarehouseError
 
-RAW_LOG_DDL = """
-create table if not exists {name} (
-    etl_id varchar not null,
-    etl_timestamp bigint not null,
-    api_key varchar not null,
-    event_type varchar,
-    event_date date,
-    raw_data json
-)
-"""
-CATALOG_DDL = """
-create table if not exists {name} (
-    etl_id varchar not null,
-    etl_timestamp bigint not null,
-    api_key varchar not null,
-    product_sku_hash varchar,
-    category_hash varchar,
-    price_bucket varchar,
-    description_vector varchar,
-    image_vector varchar
-)
-"""
+TYPES = {"text": "varchar", "bigint": "bigint", "date": "date", "json": "json", "double": "double"}
 
 
 class DuckDBWarehouse:
@@ -55,23 +35,23 @@ class DuckDBWarehouse:
         except duckdb.Error as error:
             raise WarehouseError(f"DuckDB warehouse {self.path} does not answer: {error}") from error
 
-    def ensure_raw_tables(self, raw_table: str, catalog_table: str) -> None:
+    def ensure_raw_tables(self, tables: LogTables) -> None:
         self.connection.execute(f'create schema if not exists "{self.schema}"')
-        self.connection.execute(RAW_LOG_DDL.format(name=self.qualified(raw_table)))
-        self.connection.execute(CATALOG_DDL.format(name=self.qualified(catalog_table)))
+        for role, name in asdict(tables).items():
+            columns = ", ".join(f"{column} {TYPES[kind]}" for column, kind in LOG_TABLE_COLUMNS[role])
+            self.connection.execute(f"create table if not exists {self.qualified(name)} ({columns})")
 
-    def append_batches(self, table: str, batches: Iterable[pa.RecordBatch]) -> int:
-        rows = 0
+    def staging_connection(self) -> duckdb.DuckDBPyConnection:
+        return self.connection  # stage next to the log: appending is then a local INSERT ... SELECT
+
+    def append_queries(self, staging: duckdb.DuckDBPyConnection, selects: dict[str, str]) -> dict[str, int]:
+        rows = {}
         self.connection.begin()
         try:
-            for batch in batches:
-                self.connection.register("incoming_batch", batch)
-                columns = ", ".join(f'"{name}"' for name in batch.schema.names)
-                self.connection.execute(
-                    f"insert into {self.qualified(table)} ({columns}) select {columns} from incoming_batch"
-                )
-                self.connection.unregister("incoming_batch")
-                rows += batch.num_rows
+            for table, select in selects.items():
+                rows[table] = self.connection.execute(
+                    f"insert into {self.qualified(table)} by name {select}"
+                ).fetchall()[0][0]
             self.connection.commit()
         except BaseException:
             self.connection.rollback()

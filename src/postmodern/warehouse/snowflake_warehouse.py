@@ -1,32 +1,22 @@
 """The warehouse at scale: Snowflake, through its Python connector (optional extra `snowflake`).
 
-Batches are bulk-loaded with `write_pandas` (stage + COPY) into a temporary table, then moved into the
-log with one INSERT ... SELECT, so a load is all or nothing, as on DuckDB.
+A load's rows are checked in a local DuckDB, bulk-loaded with `write_pandas` (stage + COPY) into temporary
+tables, then moved into the log inside one transaction, so a load is all or nothing, as on DuckDB.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from dataclasses import asdict
 
+import duckdb
 import pyarrow as pa
 
-from postmodern.config import Settings
-from postmodern.warehouse import WarehouseError
+from postmodern.config import LogTables, Settings
+from postmodern.warehouse import LOG_TABLE_COLUMNS, WarehouseError
 
-RAW_LOG_DDL = """
-create table if not exists {name} (
-    etl_id varchar not null, etl_timestamp number not null, api_key varchar not null,
-    event_type varchar, event_date date, raw_data variant
-)
-"""
-CATALOG_DDL = """
-create table if not exists {name} (
-    etl_id varchar not null, etl_timestamp number not null, api_key varchar not null,
-    product_sku_hash varchar, category_hash varchar, price_bucket varchar,
-    description_vector varchar, image_vector varchar
-)
-"""
+TYPES = {"text": "varchar", "bigint": "number", "date": "date", "json": "variant", "double": "float"}
+LOAD_BATCH_ROWS = 1_000_000
 
 
 def _connector():
@@ -59,6 +49,7 @@ class SnowflakeWarehouse:
                 # The connector's message names the account and the failure, never the password.
                 raise WarehouseError(f"cannot connect to Snowflake account {settings.sf_account}: {error}") from None
         self.connection = connection
+        self._staging: duckdb.DuckDBPyConnection | None = None
 
     def qualified(self, table: str) -> str:
         return f"{self.schema}.{table}"  # unquoted: Snowflake resolves names in upper case, as dbt creates them
@@ -74,38 +65,54 @@ class SnowflakeWarehouse:
     def check(self) -> None:
         self._execute("select 1").fetchone()
 
-    def ensure_raw_tables(self, raw_table: str, catalog_table: str) -> None:
-        self._execute(f'create schema if not exists "{self.schema}"')
-        self._execute(RAW_LOG_DDL.format(name=self.qualified(raw_table)))
-        self._execute(CATALOG_DDL.format(name=self.qualified(catalog_table)))
+    def ensure_raw_tables(self, tables: LogTables) -> None:
+        self._execute(f"create schema if not exists {self.schema}")
+        for role, name in asdict(tables).items():
+            columns = ", ".join(f"{column} {TYPES[kind]}" for column, kind in LOG_TABLE_COLUMNS[role])
+            self._execute(f"create table if not exists {self.qualified(name)} ({columns})")
 
-    def append_batches(self, table: str, batches: Iterable[pa.RecordBatch]) -> int:
+    def staging_connection(self) -> duckdb.DuckDBPyConnection:
+        if self._staging is None:
+            self._staging = duckdb.connect()  # in memory: rows are checked locally, then bulk-loaded
+        return self._staging
+
+    def append_queries(self, staging: duckdb.DuckDBPyConnection, selects: dict[str, str]) -> dict[str, int]:
         from snowflake.connector.pandas_tools import write_pandas
 
-        staging = f"POSTMODERN_LOAD_{uuid.uuid4().hex[:12].upper()}"
-        rows = 0
-        columns: list[str] = []
-        for batch in batches:
-            frame = batch.to_pandas()
-            frame.columns = [name.upper() for name in frame.columns]
-            columns = list(frame.columns)
-            write_pandas(
-                self.connection,
-                frame,
-                staging,
-                schema=self.schema,
-                auto_create_table=True,
-                table_type="temporary",
-                quote_identifiers=False,
-            )
-            rows += batch.num_rows
-        if rows:
-            select = ", ".join("parse_json(RAW_DATA)" if name == "RAW_DATA" else name for name in columns)
-            self._execute(
-                f"insert into {self.qualified(table)} ({', '.join(columns)}) "
-                f'select {select} from "{self.schema}".{staging}'
-            )
-        return rows
+        # Stage every table first (write_pandas: PUT + COPY into temporary tables; its DDL commits), then move
+        # all rows into the log inside one transaction.
+        uploaded: dict[str, tuple[str, list[str], int]] = {}
+        for table, select in selects.items():
+            temporary = f"POSTMODERN_LOAD_{uuid.uuid4().hex[:12].upper()}"
+            columns, rows = [], 0
+            for batch in staging.sql(select).to_arrow_reader(LOAD_BATCH_ROWS):
+                frame = batch.to_pandas()
+                frame.columns = columns = [name.upper() for name in frame.columns]
+                write_pandas(
+                    self.connection,
+                    frame,
+                    temporary,
+                    schema=self.schema,
+                    auto_create_table=True,
+                    table_type="temporary",
+                    quote_identifiers=False,
+                )
+                rows += batch.num_rows
+            uploaded[table] = (temporary, columns, rows)
+        self._execute("begin")
+        try:
+            for table, (temporary, columns, rows) in uploaded.items():
+                if rows:
+                    select = ", ".join("parse_json(RAW_DATA)" if c == "RAW_DATA" else c for c in columns)
+                    self._execute(
+                        f"insert into {self.qualified(table)} ({', '.join(columns)}) "
+                        f"select {select} from {self.schema}.{temporary}"
+                    )
+            self._execute("commit")
+        except BaseException:
+            self._execute("rollback")
+            raise
+        return {table: rows for table, (_, _, rows) in uploaded.items()}
 
     def query(self, sql: str, parameters: list | None = None) -> pa.Table:
         return self._execute(sql, parameters).fetch_arrow_all() or pa.table({})
