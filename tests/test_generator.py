@@ -5,14 +5,13 @@ import numpy as np
 import pyarrow.csv as pacsv
 
 from postmodern.data.generator import (
-    BROWSING_COLUMNS,
-    CATALOG_COLUMNS,
     MAX_GAP_MS,
     PROFILES,
     build_catalogue,
     generate_chunk,
     generate_dataset,
 )
+from postmodern.data.sources import BROWSING_HEADER, CATALOG_HEADER
 
 
 def read(path):
@@ -22,8 +21,8 @@ def read(path):
 def test_files_have_the_coveo_columns_and_values(tiny_data):
     events = read(tiny_data / "browsing_train.csv")
     catalog = read(tiny_data / "sku_to_content.csv")
-    assert tuple(events.columns) == BROWSING_COLUMNS
-    assert tuple(catalog.columns) == CATALOG_COLUMNS
+    assert tuple(events.columns) == BROWSING_HEADER
+    assert tuple(catalog.columns) == CATALOG_HEADER
     assert set(events.event_type) == {"pageview", "event_product"}
     products = events[events.event_type == "event_product"]
     assert set(products.product_action) == {"detail", "add", "remove", "purchase"}
@@ -90,3 +89,29 @@ def test_popularity_is_long_tailed(tiny_data):
     counts = np.array(sorted(Counter(events.product_sku_hash.dropna()).values(), reverse=True))
     top_share = counts[: len(counts) // 10].sum() / counts.sum()
     assert top_share > 0.35  # the top 10% of products take a large share of interactions
+
+
+def test_the_coveo_profile_matches_the_published_figures_per_session(tmp_path):
+    """Per-session ratios hold at any scale; totals are checked at full scale by bench/bench_data.py."""
+    from postmodern.data.statistics import COVEO_TARGETS, dataset_statistics
+
+    config = PROFILES["coveo-full"]
+    generate_dataset(tmp_path, replace(config, n_sessions=60_000), progress=False)
+    stats = dataset_statistics(tmp_path)
+    sessions = COVEO_TARGETS["sessions"]
+    # within 6% of the real dataset's ratios (4.93M sessions, 36.1M events)
+    assert abs(stats["events_per_session"] / (COVEO_TARGETS["events"] / sessions * 1.015) - 1) < 0.06
+    assert abs(stats["pageviews_per_session"] / (COVEO_TARGETS["pageviews"] / sessions) - 1) < 0.06
+    assert abs(stats["product_events_per_session"] / (COVEO_TARGETS["product_events"] / sessions) - 1) < 0.08
+    assert abs(stats["pageview_only_session_share"] - COVEO_TARGETS["pageview_only_session_share"]) < 0.02
+    assert 0.8 < stats["detail_share"] < 0.92
+    assert 0.04 < stats["add_share"] < 0.12 and 0.005 < stats["remove_share"] < 0.05
+    assert 0.005 < stats["purchase_share"] < 0.05
+    assert 20 < stats["max_gap_minutes"] <= COVEO_TARGETS["max_gap_minutes"]
+    assert 58 < stats["span_days"] <= COVEO_TARGETS["span_days"] + 1
+    assert stats["repeated_view_share"] > 0.05  # shoppers look at a product again
+    assert stats["top_1pct_product_share"] > 0.2  # long tail: 1% of products take a fifth of the events
+    assert stats["catalogue_products"] == COVEO_TARGETS["catalogue_products"] == config.n_products
+    assert abs(stats["missing_vector_share"] - config.share_missing_vectors) < 0.02
+    assert (stats["price_bucket_min"], stats["price_bucket_max"], stats["category_depth"]) == (1, 10, 3)
+    assert stats["products_in_events"] < 0.9 * config.n_products  # some products are never browsed

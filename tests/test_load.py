@@ -16,6 +16,7 @@ from conftest import make_settings
 from postmodern.data.generator import PROFILES, generate_dataset
 from postmodern.data.load import LoadError, fingerprint, load_source
 from postmodern.data.reclist import sha256_of
+from postmodern.data.sources import BROWSING_HEADER
 from postmodern.warehouse import check_raw_log, connect
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -53,14 +54,7 @@ def test_a_load_appends_every_event_with_one_etl_id_and_the_event_as_json(tmp_pa
     assert {row["etl_id"] for row in raw} == {summary.etl_id}
     assert {row["api_key"] for row in raw} == {"acme"}
     event = json.loads(raw[0]["raw_data"])
-    assert list(event) == [
-        "session_id_hash",
-        "event_type",
-        "product_action",
-        "product_sku_hash",
-        "server_timestamp_epoch_ms",
-        "hashed_url",
-    ]
+    assert tuple(event) == BROWSING_HEADER
     assert raw[0]["event_date"] == datetime.fromtimestamp(event["server_timestamp_epoch_ms"] / 1000, UTC).date()
     assert summary.products == len((tiny_data / "sku_to_content.csv").read_text().splitlines()) - 1
     assert check_raw_log(settings) == summary.events

@@ -32,18 +32,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
-BROWSING_COLUMNS = (
-    "session_id_hash",
-    "event_type",
-    "product_action",
-    "product_sku_hash",
-    "server_timestamp_epoch_ms",
-    "hashed_url",
-)
-CATALOG_COLUMNS = ("product_sku_hash", "description_vector", "category_hash", "image_vector", "price_bucket")
 VECTOR_DIM = 50
 MAX_GAP_MS = 30 * 60 * 1000
-WRITE_OPTIONS = pacsv.WriteOptions(quoting_style="needed")
+# Hashes, actions and numbers never hold a comma: the browsing file is unquoted, like the real one.
+BROWSING_WRITE_OPTIONS = pacsv.WriteOptions(quoting_style="none")
+CATALOG_WRITE_OPTIONS = pacsv.WriteOptions(quoting_style="needed")
 
 
 @dataclass(frozen=True)
@@ -62,27 +55,32 @@ class GeneratorConfig:
     popularity_exponent: float = 1.05
     share_missing_vectors: float = 0.1
     share_missing_category: float = 0.03
+    share_catalogue_only: float = 0.0  # products in the catalogue that no session ever shows
     # sessions
     share_product_sessions: float = 0.34
-    mean_product_views: float = 5.0
+    mean_product_views: float = 5.5
     max_product_views: int = 60
-    mean_pageviews: float = 4.5
+    mean_pageviews: float = 4.7
     n_successors: int = 4
     successor_in_sub_category: float = 0.85
     p_repeat: float = 0.12
     p_follow: float = 0.62
     p_intent: float = 0.2  # the remainder jumps to a globally popular product
-    p_add: float = 0.18
+    p_add: float = 0.1
     p_remove: float = 0.15
     p_purchase: float = 0.45
     mean_gap_s: float = 45.0
+    share_long_gaps: float = 0.04  # pauses of 2 to 30 minutes (reading, comparing) between two events
     chunk_sessions: int = 200_000
 
 
 PROFILES: dict[str, GeneratorConfig] = {
     "tiny": GeneratorConfig(n_sessions=3_000, n_products=600, n_top_categories=6),
     "small": GeneratorConfig(),
-    "coveo-full": GeneratorConfig(n_sessions=5_000_000, n_products=66_000, n_top_categories=20),
+    # Calibrated to the published figures of the Coveo SIGIR eCom 2021 browsing data (see COVEO_TARGETS).
+    "coveo-full": GeneratorConfig(
+        n_sessions=4_800_000, n_products=66_000, n_top_categories=20, share_catalogue_only=0.13
+    ),
 }
 
 
@@ -110,7 +108,8 @@ def _weighted_sampler(weights: np.ndarray, groups: np.ndarray, n_groups: int):
     """Sample an index by `weights` within a given group, vectorised over many rows at once.
 
     Items are sorted by group and each group's CDF is shifted by the group id, so one searchsorted
-    over `group + u` draws from the right group for every row. Groups must be non-empty.
+    over `group + u` draws from the right group for every row. Items of weight 0 are never drawn; a group
+    whose weights are all 0 must not be asked for.
     """
     order = np.argsort(groups, kind="stable")
     sorted_groups = groups[order]
@@ -118,7 +117,7 @@ def _weighted_sampler(weights: np.ndarray, groups: np.ndarray, n_groups: int):
     counts = np.bincount(sorted_groups, minlength=n_groups)
     totals = np.bincount(sorted_groups, weights=sorted_weights, minlength=n_groups)
     within_group = np.cumsum(sorted_weights) - np.repeat(np.cumsum(totals) - totals, counts)
-    shifted_cdf = sorted_groups + within_group / totals[sorted_groups]
+    shifted_cdf = sorted_groups + within_group / np.where(totals > 0, totals, 1)[sorted_groups]
 
     def sample(group: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         u = rng.random(group.shape[0]) * (1 - 1e-9)
@@ -144,14 +143,17 @@ def build_catalogue(config: GeneratorConfig) -> Catalogue:
     category_path = np.char.add(
         np.char.add(np.char.add(top_hashes[top], "/"), np.char.add(sub_hashes[sub], "/")), leaf_hashes[leaf]
     )
-    popularity = _zipf(n, config.popularity_exponent, rng)
+    # Some catalogue products are never browsed (discontinued, out of stock): popularity 0.
+    popularity = _zipf(n, config.popularity_exponent, rng) * (rng.random(n) >= config.share_catalogue_only)
+    popularity /= popularity.sum()
 
     # Successors: mostly popular products of the same sub-category, the rest from anywhere.
     in_sub = _weighted_sampler(popularity, sub, n_sub)
+    sub_is_browsed = np.bincount(sub, weights=popularity, minlength=n_sub) > 0
     successors = np.empty((n, config.n_successors), dtype=np.int64)
     for column in range(config.n_successors):
-        local = in_sub(sub, rng)
         anywhere = rng.choice(n, size=n, p=popularity)
+        local = np.where(sub_is_browsed[sub], in_sub(np.where(sub_is_browsed[sub], sub, sub[anywhere]), rng), anywhere)
         successors[:, column] = np.where(rng.random(n) < config.successor_in_sub_category, local, anywhere)
     # A product is not its own successor: repeated views are their own move.
     self_loops = successors == np.arange(n)[:, None]
@@ -273,7 +275,11 @@ def generate_chunk(catalogue: Catalogue, config: GeneratorConfig, first_session:
     day = rng.integers(0, config.n_days, size=n_sessions)
     hour = rng.normal(15, 4.5, size=n_sessions) % 24
     session_start = config.start_epoch_ms + day * 86_400_000 + (hour * 3_600_000).astype(np.int64)
-    gaps = np.minimum(rng.exponential(config.mean_gap_s * 1000, size=len(session)).astype(np.int64) + 1, MAX_GAP_MS)
+    gaps = np.where(
+        rng.random(len(session)) < config.share_long_gaps,
+        rng.integers(120_000, MAX_GAP_MS + 1, size=len(session)),
+        np.minimum(rng.exponential(config.mean_gap_s * 1000, size=len(session)).astype(np.int64) + 1, MAX_GAP_MS),
+    )
     is_first = np.concatenate(([True], session[1:] != session[:-1]))
     gaps[is_first] = 0
     elapsed = np.cumsum(gaps)
@@ -311,19 +317,22 @@ def _page_url_weights(n: int) -> np.ndarray:
     return weights / weights.sum()
 
 
-def catalogue_table(catalogue: Catalogue) -> pa.Table:
-    def vector_strings(vectors: np.ndarray) -> list[str | None]:
-        return [
-            "[" + ", ".join(f"{value:.4f}" for value in row) + "]" if present else None
-            for row, present in zip(vectors, catalogue.has_vectors, strict=True)
-        ]
+def _vector_strings(vectors: np.ndarray, present: np.ndarray) -> pa.Array:
+    """'[0.1234, -0.5, ...]' per row (null where absent), formatted by Arrow, not a Python loop."""
+    rows, dim = vectors.shape
+    text = pc.cast(pa.array(np.round(vectors.astype(np.float64), 4).ravel()), pa.string())
+    lists = pa.ListArray.from_arrays(pa.array(np.arange(0, rows * dim + 1, dim, dtype=np.int32)), text)
+    wrapped = pc.binary_join_element_wise("[", pc.binary_join(lists, ", "), "]", "")
+    return pc.if_else(pa.array(present), wrapped, pa.scalar(None, pa.string()))
 
+
+def catalogue_table(catalogue: Catalogue) -> pa.Table:
     return pa.table(
         {
             "product_sku_hash": pa.array(catalogue.skus),
-            "description_vector": pa.array(vector_strings(catalogue.description_vectors), pa.string()),
+            "description_vector": _vector_strings(catalogue.description_vectors, catalogue.has_vectors),
             "category_hash": pa.array(np.where(catalogue.has_category, catalogue.category_path, None)),
-            "image_vector": pa.array(vector_strings(catalogue.image_vectors), pa.string()),
+            "image_vector": _vector_strings(catalogue.image_vectors, catalogue.has_vectors),
             "price_bucket": pa.array(catalogue.price_bucket, pa.int64()),
         }
     )
@@ -345,14 +354,14 @@ def generate_dataset(
     output_dir.mkdir(parents=True, exist_ok=True)
     catalogue = build_catalogue(config)
     catalog_path = output_dir / "sku_to_content.csv"
-    pacsv.write_csv(catalogue_table(catalogue), catalog_path, WRITE_OPTIONS)
+    pacsv.write_csv(catalogue_table(catalogue), catalog_path, CATALOG_WRITE_OPTIONS)
 
     browsing_path = output_dir / "browsing_train.csv"
     tmp_path = browsing_path.with_suffix(".csv.partial")
     schema = generate_chunk(catalogue, replace(config, n_sessions=1), 0, 1).schema
     events = 0
     with (
-        pacsv.CSVWriter(tmp_path, schema, write_options=WRITE_OPTIONS) as writer,
+        pacsv.CSVWriter(tmp_path, schema, write_options=BROWSING_WRITE_OPTIONS) as writer,
         tqdm(total=config.n_sessions, unit="session", desc="generating", disable=None if progress else True) as bar,
     ):
         for first in range(0, config.n_sessions, config.chunk_sessions):
