@@ -4,9 +4,11 @@ v2 API, SageMaker against recording clients, Snowflake's and Comet's missing ext
 from __future__ import annotations
 
 import json
+import sys
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from conftest import SNOWFLAKE_CREDENTIALS, make_settings
@@ -15,6 +17,7 @@ from postmodern.serving.sagemaker import deploy_to_sagemaker, model_archive
 from postmodern.transform.dbt_cloud import DbtCloudClient, DbtCloudError
 from postmodern.transform.dbt_runner import DbtBuildError
 
+FIXTURES = Path(__file__).parent / "fixtures"
 MANIFEST = {"metadata": {"project_name": "postmodern"}, "nodes": {}, "sources": {}}
 SUCCESSFUL_RUN = {"results": [{"unique_id": "model.postmodern.sessions", "status": "success", "execution_time": 1.5}]}
 
@@ -208,3 +211,93 @@ def test_snowflake_without_its_extra_says_how_to_install_it(tmp_path, monkeypatc
     settings = make_settings(tmp_path, **SNOWFLAKE_CREDENTIALS)
     with pytest.raises(WarehouseError, match=r"\.\[snowflake\]"):
         connect(settings)
+
+
+class FakeSnowflake:
+    """Records statements; answers every query with no rows, as an empty account would."""
+
+    def __init__(self, fail_on: str | None = None):
+        self.statements: list[str] = []
+        self.fail_on = fail_on
+
+    def cursor(self):
+        connection = self
+
+        class Cursor:
+            def execute(self, sql, parameters=None):
+                connection.statements.append(" ".join(sql.split()))
+                if connection.fail_on and connection.fail_on in sql:
+                    raise RuntimeError("warehouse suspended")
+                return self
+
+            def fetch_arrow_all(self):
+                return None
+
+            def fetchone(self):
+                return (0,)
+
+        return Cursor()
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def fake_write_pandas(monkeypatch):
+    import types
+
+    uploads: list[tuple[str, object]] = []
+
+    def write_pandas(connection, frame, table, **options):
+        assert options["table_type"] == "temporary" and options["auto_create_table"]
+        uploads.append((table, frame))
+
+    module = types.ModuleType("snowflake.connector.pandas_tools")
+    module.write_pandas = write_pandas
+    for name in ("snowflake", "snowflake.connector"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "snowflake.connector.pandas_tools", module)
+    return uploads
+
+
+def test_snowflake_load_stages_locally_uploads_then_inserts_in_one_transaction(tmp_path, fake_write_pandas):
+    from postmodern.data.load import load_source
+    from postmodern.warehouse.snowflake_warehouse import SnowflakeWarehouse
+
+    settings = make_settings(tmp_path, **SNOWFLAKE_CREDENTIALS)
+    connection = FakeSnowflake()
+    warehouse = SnowflakeWarehouse(settings, connection=connection)
+    summary = load_source(warehouse, settings, FIXTURES / "coveo_bad", progress=False)
+    assert summary.events == 7 and sum(summary.quarantined.values()) == 13
+    import pandas as pd
+
+    by_table: dict[str, list] = {}
+    for table, frame in fake_write_pandas:
+        by_table.setdefault(table, []).append(frame)
+    frames = {parts[0].columns[-1]: pd.concat(parts) for parts in by_table.values()}
+    raw = frames["RAW_DATA"]
+    assert len(raw) == 7 and json.loads(raw["RAW_DATA"].iloc[0])["session_id_hash"] == "s1"
+    assert len(frames["REASON"]) == 13
+    statements = connection.statements
+    begin, commit = statements.index("begin"), statements.index("commit")
+    inserts = [s for s in statements[begin:commit] if s.startswith("insert into")]
+    assert len(inserts) == 4  # raw log, quarantine, loads ledger, catalogue
+    assert any("parse_json(RAW_DATA)" in s and "COVEO_DATASET_RAW (" in s for s in inserts)
+    assert any(
+        s.startswith("create table if not exists POST_MODERN_DATA_STACK.COVEO_DATASET_RAW_QUARANTINE")
+        for s in statements
+    )
+
+
+def test_a_failed_snowflake_insert_rolls_the_whole_load_back(tmp_path, fake_write_pandas):
+    from postmodern.data.load import load_source
+    from postmodern.warehouse import WarehouseError
+    from postmodern.warehouse.snowflake_warehouse import SnowflakeWarehouse
+
+    settings = make_settings(tmp_path, **SNOWFLAKE_CREDENTIALS)
+    connection = FakeSnowflake(fail_on="insert into POST_MODERN_DATA_STACK.COVEO_DATASET_RAW_LOADS")
+    with pytest.raises(WarehouseError, match="warehouse suspended"):
+        load_source(
+            SnowflakeWarehouse(settings, connection=connection), settings, FIXTURES / "coveo_bad", progress=False
+        )
+    assert connection.statements[-1] == "rollback" and "commit" not in connection.statements
