@@ -1,9 +1,10 @@
 """Append a source to the warehouse's raw log: one load is one `etl_id`, all or nothing, loud about bad rows.
 
-1. The source's reader (data/sources.py) is run by DuckDB into a staging table: parsing is columnar and
-   parallel, and lines that cannot be parsed land in DuckDB's rejects tables with the reason.
-2. Every staged row is checked (session id, timestamp, event type, product action, SKU, field sizes);
-   a failing row goes to the quarantine table with its raw line, the source, the etl_id and the reason.
+1. The source's reader (data/sources.py) is a DuckDB query: parsing is columnar and parallel, and lines
+   that cannot be parsed land in DuckDB's rejects tables with the reason.
+2. Every row is checked (session id, timestamp, event type, product action, SKU, field sizes); a failing
+   row goes to the quarantine table with its raw line, the source, the etl_id and the reason. Only the
+   failing rows and one row per session are kept aside: the valid rows stream from the file into the log.
 3. `MAX_SESSIONS` keeps the first N sessions in file order, exactly, by each session's first line.
 4. The raw log, the quarantine, the catalogue and the loads ledger are appended in one transaction, so a
    load killed half-way leaves nothing behind, and a load of a source already in the ledger (same
@@ -179,7 +180,7 @@ def load_source(
         )
     tag = etl_id.replace("-", "")[:12]
     try:
-        _stage(engine, staged, tag, settings.max_sessions, progress)
+        valid_rows = _prepare(engine, staged, tag, settings.max_sessions, progress)
         counts = _counts(engine, staged, tag, settings.max_sessions is not None)
         api_key = _sql_text(settings.application_api_key)
         common = f"'{etl_id}' as etl_id, {etl_timestamp} as etl_timestamp, '{api_key}' as api_key"
@@ -187,7 +188,7 @@ def load_source(
         selects = {
             tables.raw: f"""select {common}, event_type, cast(epoch_ms(epoch_ms_value) as date) as event_date,
                                    {RAW_DATA_SQL} as raw_data
-                            from events_{tag} where reason is null and kept""",
+                            from ({valid_rows})""",
             tables.quarantine: _quarantine_sql(staged, tag, common, settings.max_sessions is not None),
             tables.loads: f"""select {common}, '{kind}' as source_kind, '{_sql_text(str(path))}' as source_path,
                                      '{source_fingerprint}' as fingerprint, {counts["events"]} as events,
@@ -203,7 +204,8 @@ def load_source(
             print(f"writing {counts['events']:,} events to {warehouse.qualified(tables.raw)} ...", flush=True)
         warehouse.append_queries(engine, selects)
     finally:
-        for table in (f"staged_{tag}", f"events_{tag}", f"kept_{tag}", f"catalog_{tag}"):
+        temporary = [f"invalid_{tag}", f"sessions_{tag}", f"kept_{tag}", f"catalog_{tag}"]
+        for table in temporary + [f"{rejects}_lines" for rejects, _ in staged.rejects_tables]:
             engine.execute(f"drop table if exists {table}")
     return LoadSummary(
         etl_id,
@@ -220,45 +222,49 @@ def _sql_text(value: str) -> str:
     return value.replace("'", "''")
 
 
-def _stage(
+def _prepare(
     engine: duckdb.DuckDBPyConnection, staged: StagedSource, tag: str, max_sessions: int | None, progress: bool
-) -> None:
-    _run(engine, f"create temp table staged_{tag} as {staged.events_sql}", "reading", progress)
+) -> str:
+    """Check the source without copying it: keep only the rows that fail (few) and one row per session
+    (first line, event count); return the query of the rows to append, which re-reads the source.
+
+    Materialising every row first would double the work and spill to disk at full scale."""
+    checked = f"""select *, {_reason_sql()} as reason, try_cast(server_timestamp_epoch_ms as bigint) as epoch_ms_value
+                  from ({staged.events_sql})"""
     _run(
         engine,
-        f"""create temp table events_{tag} as
-                    select *, {_reason_sql()} as reason,
-                           try_cast(server_timestamp_epoch_ms as bigint) as epoch_ms_value
-                    from staged_{tag}""",
+        f"create temp table invalid_{tag} as select * from ({checked}) where reason is not null",
         "checking",
         progress,
     )
-    engine.execute(f"drop table staged_{tag}")
-    if max_sessions is None:
-        engine.execute(f"alter table events_{tag} add column kept boolean default true")
-    else:
-        engine.execute(f"""create temp table kept_{tag} as
-                          select session_id_hash from events_{tag} where reason is null
-                          group by session_id_hash order by min(line) limit {int(max_sessions)}""")
-        engine.execute(f"""alter table events_{tag} add column kept boolean default false;
-                          update events_{tag} set kept = true
-                          where session_id_hash in (select session_id_hash from kept_{tag})""")
+    _run(
+        engine,
+        f"""create temp table sessions_{tag} as
+                    select session_id_hash, min(line) as first_line, count(*) as events
+                    from ({checked}) where reason is null group by session_id_hash""",
+        "counting sessions",
+        progress,
+    )
+    limit = "" if max_sessions is None else f"order by first_line limit {int(max_sessions)}"
+    engine.execute(f"create temp table kept_{tag} as select * from sessions_{tag} {limit}")
     if staged.catalog_sql:
         engine.execute(f"create temp table catalog_{tag} as {staged.catalog_sql}")
+    for rejects, _ in staged.rejects_tables:  # every scan of a file adds its rejects again: keep one per line
+        engine.execute(f"""create temp table {rejects}_lines as select * from {rejects}
+                          qualify row_number() over (partition by line order by scan_id desc) = 1""")
+    kept = "" if max_sessions is None else f"and session_id_hash in (select session_id_hash from kept_{tag})"
+    return f"select * from ({checked}) where reason is null {kept}"
 
 
 def _counts(engine: duckdb.DuckDBPyConnection, staged: StagedSource, tag: str, limited: bool) -> dict:
-    events, sessions = engine.sql(
-        f"select count(*), count(distinct session_id_hash) from events_{tag} where reason is null and kept"
-    ).fetchall()[0]
+    events, sessions = engine.sql(f"select coalesce(sum(events), 0), count(*) from kept_{tag}").fetchall()[0]
+    kept_invalid = _kept_invalid(tag, limited)
     quarantined = dict(
-        engine.sql(
-            f"select reason, count(*) from events_{tag} where reason is not null and kept group by reason"
-        ).fetchall()
+        engine.sql(f"select reason, count(*) from invalid_{tag} where {kept_invalid} group by 1").fetchall()
     )
-    outside = engine.sql(f"select count(*) from events_{tag} where reason is not null and not kept").fetchall()[0][0]
+    outside = engine.sql(f"select count(*) from invalid_{tag} where not ({kept_invalid})").fetchall()[0][0]
     for rejects, _ in staged.rejects_tables:
-        for error_type, count in engine.sql(f"select error_type, count(*) from {rejects} group by 1").fetchall():
+        for error_type, count in engine.sql(f"select error_type, count(*) from {rejects}_lines group by 1").fetchall():
             if limited:
                 outside += count
                 continue
@@ -281,11 +287,16 @@ def _counts(engine: duckdb.DuckDBPyConnection, staged: StagedSource, tag: str, l
     }
 
 
+def _kept_invalid(tag: str, limited: bool) -> str:
+    """Invalid rows that belong in the quarantine: all of them, or with a session limit those of kept sessions."""
+    return f"session_id_hash in (select session_id_hash from kept_{tag})" if limited else "true"
+
+
 def _quarantine_sql(staged: StagedSource, tag: str, common: str, limited: bool) -> str:
     parts = [
         f"""select {common}, source_file as source, cast(null as bigint) as line_number,
                         source_line as raw_line, reason
-                 from events_{tag} where reason is not null and kept"""
+                 from invalid_{tag} where {_kept_invalid(tag, limited)}"""
     ]
     if staged.catalog_sql:
         catalog_file = _sql_text(str(staged.files[-1]))
@@ -300,5 +311,5 @@ def _quarantine_sql(staged: StagedSource, tag: str, common: str, limited: bool) 
             parts.append(f"""select {common}, '{_sql_text(file)}' as source, cast(line as bigint) as line_number,
                                     csv_line as raw_line,
                                     case error_type {mapping} else lower(error_type) end as reason
-                             from {rejects}""")
+                             from {rejects}_lines""")
     return " union all ".join(parts)

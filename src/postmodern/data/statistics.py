@@ -44,9 +44,11 @@ def dataset_statistics(folder: Path) -> dict[str, float]:
                    partition by session_id_hash order by server_timestamp_epoch_ms) as gap
                from events)"""
     ).fetchall()[0][0]
-    actions = dict(connection.sql(
-        "select product_action, count(*) from events where event_type = 'event_product' group by 1"
-    ).fetchall())
+    actions = dict(
+        connection.sql(
+            "select product_action, count(*) from events where event_type = 'event_product' group by 1"
+        ).fetchall()
+    )
     repeated_views = connection.sql(
         """select avg(case when seen > 1 then 1.0 else 0.0 end) from (
                select count(*) over (partition by session_id_hash, product_sku_hash
@@ -84,12 +86,14 @@ def dataset_statistics(folder: Path) -> dict[str, float]:
                        max(price_bucket), max(len(string_split(category_hash, '/')))
                 from read_csv('{path}', header = true)"""
         ).fetchall()[0]
-        statistics.update({
-            "catalogue_products": total,
-            "missing_vector_share": no_vector / total,
-            "price_bucket_min": buckets_low,
-            "price_bucket_max": buckets_high,
-            "category_depth": depth,
-        })
+        statistics.update(
+            {
+                "catalogue_products": total,
+                "missing_vector_share": no_vector / total,
+                "price_bucket_min": buckets_low,
+                "price_bucket_max": buckets_high,
+                "category_depth": depth,
+            }
+        )
     connection.close()
     return statistics
