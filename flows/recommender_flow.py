@@ -67,10 +67,13 @@ class RecommenderFlow(FlowSpec):
 
     @step
     def get_dataset(self):
-        """Read the session mart for the date window and the organisation's api key."""
+        """Stop here if the data failed its quality gate; else read the session mart for the date window
+        and the organisation's api key."""
         from postmodern.model.dataset import read_session_mart
+        from postmodern.transform import stop_unless_passed
         from postmodern.warehouse import connect
 
+        stop_unless_passed(self.data_quality)
         warehouse = connect(SETTINGS, read_only=True)
         self.sessions = read_session_mart(warehouse, SETTINGS.application_api_key, self.start_date, self.end_date)
         warehouse.close()

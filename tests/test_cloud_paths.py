@@ -93,7 +93,7 @@ def test_dbt_cloud_job_is_triggered_polled_and_its_artifacts_read(dbt_cloud):
     assert sum(1 for r in FakeDbtCloud.requests if r[1].endswith("/runs/99/")) == 3
 
 
-def test_a_failed_dbt_cloud_run_names_the_failing_node(dbt_cloud):
+def test_a_dbt_cloud_run_whose_tests_fail_returns_them_for_the_gate(dbt_cloud):
     FakeDbtCloud.statuses = [20]
     FakeDbtCloud.run_results = {
         "results": [
@@ -102,10 +102,21 @@ def test_a_failed_dbt_cloud_run_names_the_failing_node(dbt_cloud):
                 "status": "fail",
                 "message": "Got 2 results",
                 "failures": 2,
-            }
+            },
         ]
     }
-    with pytest.raises(DbtBuildError, match="not_null_sessions_session_id: fail"):
+    result = DbtCloudClient(dbt_cloud).run_job("cause", poll_seconds=0.01)
+    assert [r.unique_id for r in result.failed_tests] == ["test.postmodern.not_null_sessions_session_id"]
+
+
+def test_a_dbt_cloud_run_that_errors_names_the_broken_node(dbt_cloud):
+    FakeDbtCloud.statuses = [20]
+    FakeDbtCloud.run_results = {
+        "results": [
+            {"unique_id": "model.postmodern.sessions", "status": "error", "message": "Database Error: no such column"},
+        ]
+    }
+    with pytest.raises(DbtBuildError, match="model.postmodern.sessions: error"):
         DbtCloudClient(dbt_cloud).run_job("cause", poll_seconds=0.01)
 
 

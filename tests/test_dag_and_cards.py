@@ -5,6 +5,7 @@ from metaflow.cards import Markdown, Table, VegaChart
 from postmodern.evaluation.cards import dag_chart_spec, dbt_card_components, evaluation_card_components
 from postmodern.transform.dag import dag_from_manifest
 from postmodern.transform.dbt_runner import NodeResult
+from postmodern.transform.quality import DataTestOutcome, QualityReport
 
 
 def node(name, kind="model", depends=(), materialized="view", description=""):
@@ -68,19 +69,37 @@ def test_dag_chart_draws_every_model_edge_and_the_test_results():
     json.dumps(spec)  # Vega-Lite specs must be plain JSON
 
 
-def test_dbt_card_lists_models_with_rows_tests_and_descriptions():
+def test_dbt_card_lists_models_with_rows_tests_and_descriptions_and_the_gate():
     dag = dag_from_manifest(
         diamond_manifest(),
         [NodeResult("model.shop.joined", "success", 0.5), NodeResult("test.shop.not_null_joined_id", "fail", 0.1)],
     )
-    components = dbt_card_components(dag, 3.2, {"success": 1, "fail": 1}, {"joined": 1234})
-    assert isinstance(components[2], VegaChart)
-    table = next(c for c in components if isinstance(c, Table))
-    rows = {row[0]: row for row in table.render()["data"]}
+    failure = DataTestOutcome(
+        "not_null_joined_id",
+        "test.shop.not_null_joined_id",
+        "fail",
+        2,
+        "Got 2 results",
+        [{"id": None, "name": "x"}, {"id": None, "name": "y"}],
+    )
+    components = dbt_card_components(
+        dag, 3.2, {"success": 1, "fail": 1}, {"joined": 1234}, QualityReport([failure], [])
+    )
+    texts = [c.render().get("source", "") for c in components if isinstance(c, Markdown)]
+    assert "1 fail" in texts[0]
+    assert "**Stopped**" in texts[1] and "FAILED: `not_null_joined_id`" in texts[2]
+    tables = [c.render() for c in components if isinstance(c, Table)]
+    assert tables[0]["columns"] == ["id", "name"] and tables[0]["data"] == [["None", "x"], ["None", "y"]]
+    assert any(isinstance(c, VegaChart) for c in components)
+    rows = {row[0]: row for row in tables[-1]["data"]}
     assert rows["joined"][5] == "1,234"
     assert rows["joined"][6] == "0/1 (failing: not_null_joined_id)"
     assert rows["joined"][7] == "A and B together"
-    assert "1 fail" in components[0].render()["source"]
+
+
+def test_a_clean_build_says_the_gate_passed():
+    components = dbt_card_components(dag_from_manifest(diamond_manifest()), 1.0, {"pass": 1}, {}, QualityReport([], []))
+    assert "**Passed**" in components[1].render()["source"]
 
 
 def test_evaluation_card_headline_compares_with_the_best_baseline():

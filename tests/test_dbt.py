@@ -5,7 +5,7 @@ import pytest
 from conftest import make_settings
 
 from postmodern.data.load import load_source
-from postmodern.transform.dbt_runner import DbtBuildError, run_dbt_build
+from postmodern.transform.dbt_runner import run_dbt_build
 from postmodern.warehouse import connect
 
 HEADER = "session_id_hash,event_type,product_action,product_sku_hash,server_timestamp_epoch_ms,hashed_url\n"
@@ -60,28 +60,171 @@ def test_the_same_events_loaded_twice_count_once(tmp_path, tiny_data, built_ware
     assert raw == [{"loads": 2}]  # both loads are kept in the log
 
 
-def test_implausible_timestamps_stop_the_build_naming_the_test(tmp_path):
-    # The loader quarantines such rows; dbt is the second gate, for rows another writer put in the log.
-    data = tmp_path / "good"
-    data.mkdir()
-    (data / "browsing_train.csv").write_text(HEADER + "s1,event_product,detail,a,1550000000000,u\n")
-    settings = make_settings(tmp_path)
+def write_coveo(folder, browsing_rows, catalogue_skus=("a", "b", "c")):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "browsing_train.csv").write_text(HEADER + "".join(row + "\n" for row in browsing_rows))
+    if catalogue_skus:
+        (folder / "sku_to_content.csv").write_text(
+            "product_sku_hash,description_vector,category_hash,image_vector,price_bucket\n"
+            + "".join(f"{sku},,c1/c2,,3\n" for sku in catalogue_skus)
+        )
+    return folder
+
+
+GOOD_ROWS = [
+    "s1,event_product,detail,a,1550000000000,u",
+    "s1,event_product,detail,b,1550000001000,u",
+    "s2,event_product,detail,b,1550000002000,u",
+    "s2,pageview,,,1550000003000,u",
+    "s2,event_product,add,c,1550000004000,u",
+    "s3,pageview,,,1550000005000,u",
+]
+
+
+def load_rows(settings, folder, rows, **options):
     warehouse = connect(settings)
-    load_source(warehouse, settings, data, progress=False)
+    try:
+        return load_source(warehouse, settings, write_coveo(folder, rows, **options), progress=False)
+    finally:
+        warehouse.close()
+
+
+def execute(settings, sql, parameters=None):
+    warehouse = connect(settings)
+    try:
+        warehouse.connection.execute(sql.format(schema=settings.sf_schema), parameters or [])
+    finally:
+        warehouse.close()
+
+
+def test_an_incremental_build_equals_a_full_refresh(tmp_path, tiny_data):
+    lines = (tiny_data / "browsing_train.csv").read_text().splitlines()[1:]
+    half = len(lines) // 2
+    first, second = lines[:half], lines[half - 50 :]  # a session cut across loads, and 50 events loaded twice
+    incremental, full = make_settings(tmp_path / "incremental"), make_settings(tmp_path / "full")
+    load_rows(incremental, tmp_path / "a", first, catalogue_skus=None)
+    run_dbt_build(incremental)
+    load_rows(incremental, tmp_path / "b", second, catalogue_skus=None)
+    build = run_dbt_build(incremental)
+    assert (
+        "where etl_timestamp >"
+        in (
+            incremental.data_dir
+            / "dbt_target"
+            / "compiled"
+            / "postmodern"
+            / "models"
+            / "staging"
+            / "stg_browsing_events.sql"
+        ).read_text()
+    )
+    load_rows(full, tmp_path / "a", first, catalogue_skus=None)
+    load_rows(full, tmp_path / "b", second, catalogue_skus=None)
+    run_dbt_build(full)
+    assert not build.failed_tests
+    # load ids and times differ between the two warehouses; everything else must be equal
+    for model, key, differing in (
+        ("stg_browsing_events", "session_id, event_epoch_ms, event_type, product_sku", "etl_id, etl_timestamp"),
+        ("sessions", "session_id", "last_etl_timestamp"),
+        ("data_health_daily", "event_date", "last_etl_timestamp"),
+    ):
+        sql = f'select * exclude ({differing}) from "{{schema}}".{model} order by {key}'
+        assert query(incremental, sql) == query(full, sql), model
+    assert len(query(full, 'select * from "{schema}".stg_browsing_events')) == len(lines)
+
+
+def build_and_report(settings):
+    from postmodern.transform.quality import quality_report
+
+    build = run_dbt_build(settings)
+    return build, quality_report(settings, build)
+
+
+def failing_names(report):
+    return sorted(
+        outcome.name.split("_coveo_")[0] if "relationships" in outcome.name else outcome.name
+        for outcome in report.failures
+    )
+
+
+def test_a_raw_event_with_an_implausible_timestamp_stops_training(tmp_path):
+    # The loader quarantines such rows; dbt is the second gate, for rows another writer put in the log.
+    settings = make_settings(tmp_path)
+    summary = load_rows(settings, tmp_path / "in", GOOD_ROWS)
     seconds_not_ms = (
         '{"session_id_hash": "s1", "event_type": "event_product", "product_action": "detail", '
         '"product_sku_hash": "b", "server_timestamp_epoch_ms": 1550000001, "hashed_url": "u"}'
     )
-    warehouse.connection.execute(
-        f"insert into {warehouse.qualified(settings.sf_table)} values ('other', 1, ?, 'event_product', null, ?)",
-        [settings.application_api_key, seconds_not_ms],
+    execute(
+        settings,
+        "insert into \"{schema}\".COVEO_DATASET_RAW values (?, 1, ?, 'event_product', null, ?)",
+        [summary.etl_id, settings.application_api_key, seconds_not_ms],
     )
-    warehouse.close()
-    with pytest.raises(DbtBuildError, match="assert_event_timestamps_plausible") as error:
-        run_dbt_build(settings)
-    failing = [r for r in error.value.results if r.status == "fail"]
-    assert [r.unique_id.split(".")[-1] for r in failing] == ["assert_event_timestamps_plausible"]
-    assert failing[0].failures == 1
+    _, report = build_and_report(settings)
+    assert failing_names(report) == ["assert_event_timestamps_plausible"]
+    (failure,) = report.failures
+    assert failure.failures == 1 and failure.sample[0]["event_epoch_ms"] == 1550000001
+    from postmodern.transform import DataQualityError, stop_unless_passed
+
+    with pytest.raises(DataQualityError, match="assert_event_timestamps_plausible FAILED"):
+        stop_unless_passed(report)
+
+
+def test_an_event_from_an_unrecorded_load_stops_training(tmp_path):
+    settings = make_settings(tmp_path)
+    load_rows(settings, tmp_path / "in", GOOD_ROWS)
+    execute(
+        settings,
+        "insert into \"{schema}\".COVEO_DATASET_RAW select 'ghost-load', etl_timestamp, api_key, "
+        'event_type, event_date, raw_data from "{schema}".COVEO_DATASET_RAW limit 1',
+    )
+    _, report = build_and_report(settings)
+    assert failing_names(report) == ["source_relationships"]
+    assert report.failures[0].sample[0]["from_field"] == "ghost-load"
+
+
+def test_too_many_skus_missing_from_the_catalogue_stop_training(tmp_path):
+    settings = make_settings(tmp_path)
+    load_rows(settings, tmp_path / "in", GOOD_ROWS, catalogue_skus=("a",))  # b and c are unknown
+    _, report = build_and_report(settings)
+    (failure,) = report.failures
+    assert failure.name.startswith("share_missing_below_int_product_interactions_product_sku")
+    assert sorted(row["missing_value"] for row in report.failures[0].sample) == ["b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("corruption", "test_name"),
+    [
+        (
+            'update "{schema}".sessions set timestamps = list_reverse(timestamps) where n_interactions > 1',
+            "assert_session_interactions_in_time_order",
+        ),
+        (
+            "update \"{schema}\".sessions set interactions = []::varchar[] where session_id = 's1'",
+            "array_not_empty_sessions_interactions",
+        ),
+    ],
+)
+def test_a_corrupted_session_mart_stops_training(tmp_path, corruption, test_name):
+    # The mart is incremental: rows no new event touches are kept as they are, so corruption persists.
+    settings = make_settings(tmp_path)
+    load_rows(settings, tmp_path / "in", GOOD_ROWS)
+    run_dbt_build(settings)
+    execute(settings, corruption)
+    _, report = build_and_report(settings)
+    assert failing_names(report) == [test_name]
+    assert report.failures[0].sample
+
+
+def test_a_load_far_smaller_than_usual_is_a_warning_not_a_stop(tmp_path):
+    settings = make_settings(tmp_path)
+    for index in range(3):
+        load_rows(settings, tmp_path / f"in{index}", [row.replace("s", f"x{index}s", 1) for row in GOOD_ROWS])
+    load_rows(settings, tmp_path / "small", [GOOD_ROWS[0].replace("s1", "tiny")])
+    _, report = build_and_report(settings)
+    assert report.passed
+    assert [outcome.name for outcome in report.warnings] == ["assert_load_volume_within_band"]
+    assert report.warnings[0].sample[0]["events"] == 1 and report.warnings[0].sample[0]["typical_events"] == 6
 
 
 def test_vars_select_the_raw_table(tmp_path, tiny_data):

@@ -1,7 +1,28 @@
 -- What the flow reads: one row per session with product interactions, its SKUs in time order.
-with interactions as (
+-- depends_on: {{ ref('stg_browsing_events') }}
+{{ config(materialized='incremental', unique_key=['api_key', 'session_id'], incremental_strategy='delete+insert') }}
 
-    select * from {{ ref('int_product_interactions') }}
+with
+
+{% if is_incremental() %}
+-- sessions that received events since the last build are rebuilt whole; the others are left alone
+touched as (
+
+    select distinct api_key, session_id
+    from {{ ref('stg_browsing_events') }}
+    where etl_timestamp > (select coalesce(max(last_etl_timestamp), -1) from {{ this }})
+
+),
+{% endif %}
+
+interactions as (
+
+    select interactions.*
+    from {{ ref('int_product_interactions') }} as interactions
+    {% if is_incremental() %}
+    inner join touched
+        on interactions.api_key = touched.api_key and interactions.session_id = touched.session_id
+    {% endif %}
 
 ),
 
@@ -19,7 +40,8 @@ sequences as (
         {{ ordered_array_agg('product_sku', 'event_epoch_ms, action_rank') }} as interactions,
         {{ ordered_array_agg('product_action', 'event_epoch_ms, action_rank') }} as actions,
         {{ ordered_array_agg('event_epoch_ms', 'event_epoch_ms, action_rank') }} as timestamps,
-        count(*) as n_interactions
+        count(*) as n_interactions,
+        count(distinct product_sku) as n_distinct_products
     from interactions
     group by api_key, session_id
 
@@ -32,11 +54,15 @@ final as (
         sequences.api_key,
         starts.session_date,
         starts.session_start_at,
+        starts.session_end_at,
         sequences.interactions,
         sequences.actions,
         sequences.timestamps,
         sequences.n_interactions,
-        starts.n_events
+        sequences.n_distinct_products,
+        starts.n_events,
+        starts.n_pageviews,
+        starts.last_etl_timestamp
     from sequences
     inner join starts
         on sequences.api_key = starts.api_key

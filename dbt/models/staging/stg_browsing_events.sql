@@ -1,6 +1,12 @@
+{{ config(materialized='incremental') }}
+
 with source as (
 
     select * from {{ source('coveo', 'events_raw') }}
+    {% if is_incremental() %}
+    -- only the loads that arrived since the last build: history is never re-read
+    where etl_timestamp > (select coalesce(max(etl_timestamp), -1) from {{ this }})
+    {% endif %}
 
 ),
 
@@ -32,13 +38,40 @@ deduplicated as (
 
 ),
 
+{% if is_incremental() %}
+-- and an event already built from an earlier load is not built again
+new_events as (
+
+    select *
+    from deduplicated
+    where not exists (
+        select 1
+        from {{ this }} as built
+        where built.api_key = deduplicated.api_key
+          and built.session_id = deduplicated.session_id
+          and built.event_epoch_ms = deduplicated.event_epoch_ms
+          and built.event_type is not distinct from deduplicated.event_type
+          and built.product_action is not distinct from deduplicated.product_action
+          and built.product_sku is not distinct from deduplicated.product_sku
+          and built.hashed_url is not distinct from deduplicated.hashed_url
+    )
+
+),
+{% else %}
+new_events as (
+
+    select * from deduplicated
+
+),
+{% endif %}
+
 final as (
 
     select
         *,
         {{ epoch_ms_to_timestamp('event_epoch_ms') }} as event_at,
         cast({{ epoch_ms_to_timestamp('event_epoch_ms') }} as date) as event_date
-    from deduplicated
+    from new_events
 
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from metaflow.cards import Markdown, Table, VegaChart
 
 from postmodern.transform.dag import Dag
+from postmodern.transform.quality import QualityReport
 
 STATUS_COLOURS = {
     "success": "#2e7d32",
@@ -87,7 +88,28 @@ def dag_chart_spec(dag: Dag) -> dict:
     }
 
 
-def dbt_card_components(dag: Dag, seconds: float, summary: dict[str, int], row_counts: dict[str, int]) -> list:
+def quality_components(report: QualityReport) -> list:
+    """The gate's verdict, then every failed or warned test with a sample of its offending rows."""
+    if report.passed and not report.warnings:
+        return [Markdown("## Data quality\n\n**Passed**: every test passed; the data may reach training.")]
+    verdict = (
+        f"**Stopped**: {len(report.failures)} test(s) of severity error failed; training will not run."
+        if report.failures
+        else f"**Passed with {len(report.warnings)} warning(s)**; the data may reach training."
+    )
+    components = [Markdown(f"## Data quality\n\n{verdict}")]
+    for outcome in report.failures + report.warnings:
+        label = "FAILED" if outcome.status == "fail" else "warning"
+        components.append(Markdown(f"### {label}: `{outcome.name}`\n\n{outcome.message}"))
+        if outcome.sample:
+            headers = list(outcome.sample[0])
+            components.append(Table([[str(row[h]) for h in headers] for row in outcome.sample], headers=headers))
+    return components
+
+
+def dbt_card_components(
+    dag: Dag, seconds: float, summary: dict[str, int], row_counts: dict[str, int], quality: QualityReport
+) -> list:
     counts = ", ".join(f"{count} {status}" for status, count in sorted(summary.items()))
     rows = []
     for node in dag.nodes:
@@ -109,6 +131,7 @@ def dbt_card_components(dag: Dag, seconds: float, summary: dict[str, int], row_c
         )
     return [
         Markdown(f"# dbt build\n\n{counts} in {seconds:.1f} s"),
+        *quality_components(quality),
         Markdown("## DAG (sources and models; hover for tests)"),
         VegaChart(dag_chart_spec(dag)),
         Markdown("## Models"),

@@ -5,16 +5,26 @@ from __future__ import annotations
 from postmodern.config import Settings
 from postmodern.transform.dag import Dag
 from postmodern.transform.dbt_runner import DbtBuildResult, run_dbt_build
+from postmodern.transform.quality import DataQualityError, QualityReport, quality_report
 from postmodern.warehouse import WarehouseError, connect
 
 
-def run_transformation(settings: Settings, cause: str) -> DbtBuildResult:
-    """`dbt build` with dbt core in-process, or as the configured dbt Cloud job when DBT_CLOUD=1."""
+def run_transformation(settings: Settings, cause: str) -> tuple[DbtBuildResult, QualityReport]:
+    """`dbt build` with dbt core in-process, or as the configured dbt Cloud job when DBT_CLOUD=1, and the
+    data-quality verdict of its tests. Raises DbtBuildError when dbt itself could not run."""
     if settings.dbt_cloud:
         from postmodern.transform.dbt_cloud import DbtCloudClient
 
-        return DbtCloudClient(settings).run_job(cause)
-    return run_dbt_build(settings)
+        build = DbtCloudClient(settings).run_job(cause)
+    else:
+        build = run_dbt_build(settings)
+    return build, quality_report(settings, build)
+
+
+def stop_unless_passed(report: QualityReport) -> None:
+    """The gate before training: a clear error naming each failing test and sample rows."""
+    if not report.passed:
+        raise DataQualityError(report.describe())
 
 
 def model_row_counts(settings: Settings, dag: Dag) -> dict[str, int]:

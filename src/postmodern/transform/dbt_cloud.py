@@ -11,7 +11,13 @@ import time
 import requests
 
 from postmodern.config import Settings
-from postmodern.transform.dbt_runner import DbtBuildError, DbtBuildResult, failure_message, parse_run_results
+from postmodern.transform.dbt_runner import (
+    DbtBuildError,
+    DbtBuildResult,
+    errored,
+    failure_message,
+    parse_run_results,
+)
 
 # Run status codes of the v2 API.
 SUCCESS, ERROR, CANCELLED = 10, 20, 30
@@ -75,6 +81,6 @@ class DbtCloudClient:
             if status == SUCCESS:
                 raise
             results = []  # a run that failed early writes no artifacts
-        if status == ERROR:
+        if status == ERROR and errored(results):
             raise DbtBuildError(f"dbt Cloud run {run_id}: " + failure_message(results), results)
         return DbtBuildResult(results, self.artifact(run_id, "manifest.json"), seconds)

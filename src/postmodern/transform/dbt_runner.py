@@ -14,7 +14,8 @@ DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt"
 
 
 class DbtBuildError(RuntimeError):
-    """`dbt build` failed; the message names each failing node and why."""
+    """`dbt build` could not run: a model or test errored (SQL, connection), as opposed to data failing
+    its tests, which is a result (`DbtBuildResult.failed_tests`). The message names each node and why."""
 
     def __init__(self, message: str, results: list[NodeResult]):
         super().__init__(message)
@@ -39,6 +40,10 @@ class DbtBuildResult:
     @property
     def warnings(self) -> list[NodeResult]:
         return [result for result in self.results if result.status == "warn"]
+
+    @property
+    def failed_tests(self) -> list[NodeResult]:
+        return [result for result in self.results if result.status == "fail"]
 
     def summary(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -67,7 +72,8 @@ def _dbt_environment(settings: Settings) -> dict[str, str]:
 def run_dbt_build(
     settings: Settings, project_dir: Path = DBT_PROJECT_DIR, target_path: Path | None = None
 ) -> DbtBuildResult:
-    """`dbt build` (models and tests together) with the seed's vars; raises DbtBuildError on failure."""
+    """`dbt build` (models and tests together) with the seed's vars. Tests that fail are in the result;
+    DbtBuildError when something errored instead."""
     from dbt.cli.main import dbtRunner
 
     # Build state lives with the rest of the run's data, so separate workspaces never share it.
@@ -93,10 +99,15 @@ def run_dbt_build(
     seconds = time.perf_counter() - started
     run_results_path = target_path / "run_results.json"
     results = parse_run_results(json.loads(run_results_path.read_text())) if run_results_path.exists() else []
-    if not outcome.success:
+    manifest_path = target_path / "manifest.json"
+    if not outcome.success and (not manifest_path.exists() or errored(results)):
         raise DbtBuildError(failure_message(results, outcome.exception), results)
-    manifest = json.loads((target_path / "manifest.json").read_text())
-    return DbtBuildResult(results, manifest, seconds)
+    return DbtBuildResult(results, json.loads(manifest_path.read_text()), seconds)
+
+
+def errored(results: list[NodeResult]) -> bool:
+    """Something broke (as opposed to tests finding bad data), or dbt stopped before running anything."""
+    return not results or any(result.status in ("error", "runtime error") for result in results)
 
 
 def parse_run_results(run_results: dict) -> list[NodeResult]:
@@ -114,7 +125,7 @@ def parse_run_results(run_results: dict) -> list[NodeResult]:
 
 
 def failure_message(results: list[NodeResult], exception: BaseException | None = None) -> str:
-    failed = [result for result in results if result.status in ("error", "fail")]
+    failed = [result for result in results if result.status in ("error", "runtime error", "fail")]
     if failed:
         return "dbt build failed: " + "; ".join(f"{r.unique_id}: {r.status} ({r.message})" for r in failed)
     return f"dbt build failed: {exception or 'see the dbt log'}"

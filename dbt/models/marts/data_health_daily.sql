@@ -1,0 +1,77 @@
+-- Daily health of the data per organisation: what a data engineer checks before trusting a model.
+{{ config(materialized='incremental', unique_key=['api_key', 'event_date'], incremental_strategy='delete+insert') }}
+
+with
+
+events as (
+
+    select * from {{ ref('stg_browsing_events') }}
+
+),
+
+{% if is_incremental() %}
+-- days that received events since the last build are recounted whole
+touched_days as (
+
+    select distinct api_key, event_date
+    from events
+    where etl_timestamp > (select coalesce(max(last_etl_timestamp), -1) from {{ this }})
+
+),
+{% endif %}
+
+sessions as (
+
+    select * from {{ ref('int_session_starts') }}
+
+),
+
+daily_events as (
+
+    select
+        events.api_key,
+        events.event_date,
+        count(*) as events,
+        sum(case when events.event_type = 'event_product' then 1 else 0 end) as product_events,
+        count(distinct events.product_sku) as products,
+        max(events.etl_timestamp) as last_etl_timestamp
+    from events
+    {% if is_incremental() %}
+    inner join touched_days
+        on events.api_key = touched_days.api_key and events.event_date = touched_days.event_date
+    {% endif %}
+    group by events.api_key, events.event_date
+
+),
+
+daily_sessions as (
+
+    select
+        api_key,
+        session_date,
+        count(*) as sessions,
+        avg(case when n_product_events = 0 then 1.0 else 0.0 end) as pageview_only_share
+    from sessions
+    group by api_key, session_date
+
+),
+
+final as (
+
+    select
+        daily_events.api_key,
+        daily_events.event_date,
+        daily_events.events,
+        daily_events.product_events,
+        daily_events.products,
+        coalesce(daily_sessions.sessions, 0) as sessions,
+        daily_sessions.pageview_only_share,
+        daily_events.last_etl_timestamp
+    from daily_events
+    left join daily_sessions
+        on daily_events.api_key = daily_sessions.api_key
+       and daily_events.event_date = daily_sessions.session_date
+
+)
+
+select * from final

@@ -1,0 +1,77 @@
+"""The dispatch macros render SQL for DuckDB and for Snowflake: DuckDB's runs here, Snowflake's parses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import jinja2
+import pytest
+import sqlglot
+
+MACROS = Path(__file__).resolve().parents[1] / "dbt" / "macros"
+
+
+class Returned(Exception):
+    def __init__(self, value):
+        self.value = value
+
+
+def render(dialect: str, call: str) -> str:
+    """Render `call` with the project's macros, dispatching as dbt does for `dialect`."""
+
+    def do_return(value):
+        raise Returned(value)
+
+    class Adapter:
+        def dispatch(self, name, package=None):
+            return getattr(module, f"{dialect}__{name}", None) or getattr(module, f"default__{name}")
+
+    source = "\n".join(path.read_text() for path in sorted(MACROS.glob("*.sql")))
+    module = jinja2.Environment().from_string(source).make_module({"adapter": Adapter(), "return": do_return})
+    try:
+        return str(eval(call, {"m": module}))  # noqa: S307 - the calls are the literals below
+    except Returned as returned:
+        return str(returned.value).strip()
+
+
+CASES = [
+    (
+        "m.json_string('raw_data', 'session_id_hash')",
+        "json_extract_string(raw_data, '$.session_id_hash')",
+        "raw_data:session_id_hash::varchar",
+    ),
+    (
+        "m.ordered_array_agg('sku', 'ts, rank')",
+        "list(sku order by ts, rank)",
+        "array_agg(sku) within group (order by ts, rank)",
+    ),
+    ("m.epoch_ms_to_timestamp('ts')", "epoch_ms(ts)", "to_timestamp_ntz(ts, 3)"),
+    ("m.array_size('items')", "len(items)", "array_size(items)"),
+    ("m.sorted_array('stamps')", "list_sort(stamps)", "array_sort(stamps)"),
+]
+
+
+@pytest.mark.parametrize(("call", "duckdb_sql", "snowflake_sql"), CASES)
+def test_each_dialect_gets_its_own_sql(call, duckdb_sql, snowflake_sql):
+    assert render("duckdb", call) == duckdb_sql
+    assert render("snowflake", call) == snowflake_sql
+
+
+@pytest.mark.parametrize(("call", "duckdb_sql", "snowflake_sql"), CASES)
+def test_snowflake_renderings_are_valid_snowflake_sql(call, duckdb_sql, snowflake_sql):
+    sqlglot.parse_one(f"select {snowflake_sql} from t group by 1", read="snowflake")
+
+
+def test_duckdb_renderings_compute_the_right_values():
+    events = """(values ('s', 'b', 2000, 1, '{"session_id_hash": "s"}'), ('s', 'a', 1000, 1, '{}'))
+                as events(session, sku, ts, rank, raw_data)"""
+    items = render("duckdb", "m.ordered_array_agg('sku', 'ts, rank')")
+    row = duckdb.sql(f"""
+        select {items} as items,
+               {render("duckdb", f"m.array_size({items!r})")} as size,
+               max({render("duckdb", "m.json_string('raw_data', 'session_id_hash')")}) as session,
+               max({render("duckdb", "m.epoch_ms_to_timestamp('ts')")})::varchar as latest,
+               {render("duckdb", "m.sorted_array('list(ts)')")} as stamps
+        from {events}""").fetchall()[0]
+    assert row == (["a", "b"], 2, "s", "1970-01-01 00:00:02", [1000, 2000])
