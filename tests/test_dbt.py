@@ -235,3 +235,14 @@ def test_vars_select_the_raw_table(tmp_path, tiny_data):
     build = run_dbt_build(settings)
     assert build.manifest["sources"]["source.postmodern.coveo.events_raw"]["identifier"] == "OTHER_RAW"
     assert query(settings, 'select count(*) as n from "{schema}".sessions')[0]["n"] > 0
+
+
+def test_a_stale_source_is_a_freshness_warning(tmp_path):
+    settings = make_settings(tmp_path)
+    load_rows(settings, tmp_path / "in", GOOD_ROWS)
+    ten_days_ms = 10 * 86_400_000
+    execute(settings, f'update "{{schema}}".COVEO_DATASET_RAW set etl_timestamp = etl_timestamp - {ten_days_ms}')
+    _, report = build_and_report(settings)
+    assert report.passed
+    stale = [outcome for outcome in report.warnings if outcome.name == "freshness of events_raw"]
+    assert len(stale) == 1 and stale[0].message.startswith("last loaded 240.")

@@ -18,6 +18,8 @@ def _generate(args: argparse.Namespace) -> None:
         config = replace(config, n_sessions=args.sessions)
     if args.seed is not None:
         config = replace(config, seed=args.seed)
+    if args.first_session:
+        config = replace(config, first_session=args.first_session)
     summary = generate_dataset(args.output, config, progress=not args.quiet)
     print(
         f"wrote {summary.events:,} events in {summary.sessions:,} sessions to {summary.browsing_path} "
@@ -109,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--sessions", type=int, help="override the profile's number of sessions")
     generate.add_argument("--seed", type=int, help="override the profile's random seed")
+    generate.add_argument(
+        "--first-session",
+        type=int,
+        default=0,
+        help="number sessions from here: more sessions of the same shop (catalogue) for a later load",
+    )
     generate.add_argument("--output", type=Path, default=DEFAULT_DATA_DIR, help=f"folder (default {DEFAULT_DATA_DIR})")
     generate.add_argument("--quiet", action="store_true", help="no progress bar")
     generate.set_defaults(run=_generate)

@@ -44,6 +44,7 @@ class GeneratorConfig:
     """Every knob of the generative story (see the module docstring)."""
 
     n_sessions: int = 60_000
+    first_session: int = 0  # index of the first session: a later batch of the same shop starts past the last
     n_products: int = 6_000
     seed: int = 42
     start_epoch_ms: int = 1_546_300_800_000  # 2019-01-01, as in the Coveo release
@@ -366,7 +367,7 @@ def generate_dataset(
     ):
         for first in range(0, config.n_sessions, config.chunk_sessions):
             count = min(config.chunk_sessions, config.n_sessions - first)
-            chunk = generate_chunk(catalogue, config, first, count)
+            chunk = generate_chunk(catalogue, config, config.first_session + first, count)
             writer.write_table(chunk)
             events += chunk.num_rows
             bar.update(count)

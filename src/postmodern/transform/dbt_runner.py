@@ -79,8 +79,7 @@ def run_dbt_build(
     # Build state lives with the rest of the run's data, so separate workspaces never share it.
     target_path = Path(target_path or settings.data_dir / "dbt_target").resolve()
     os.environ.update(_dbt_environment(settings))
-    args = [
-        "build",
+    common_args = [
         "--project-dir",
         str(project_dir),
         "--profiles-dir",
@@ -95,14 +94,36 @@ def run_dbt_build(
         json.dumps(settings.dbt_vars()),
     ]
     started = time.perf_counter()
-    outcome = dbtRunner().invoke(args)
-    seconds = time.perf_counter() - started
+    outcome = dbtRunner().invoke(["build", *common_args])
     run_results_path = target_path / "run_results.json"
     results = parse_run_results(json.loads(run_results_path.read_text())) if run_results_path.exists() else []
     manifest_path = target_path / "manifest.json"
     if not outcome.success and (not manifest_path.exists() or errored(results)):
         raise DbtBuildError(failure_message(results, outcome.exception), results)
-    return DbtBuildResult(results, json.loads(manifest_path.read_text()), seconds)
+    manifest = json.loads(manifest_path.read_text())
+    freshness = source_freshness(common_args, target_path)
+    return DbtBuildResult(results + freshness, manifest, time.perf_counter() - started)
+
+
+def source_freshness(common_args: list[str], target_path: Path) -> list[NodeResult]:
+    """How long ago each source was last loaded; `warn` when older than `freshness_warn_days`."""
+    from dbt.cli.main import dbtRunner
+
+    output = target_path / "sources.json"
+    dbtRunner().invoke(["source", "freshness", *common_args, "--output", str(output)])
+    if not output.exists():
+        return []
+    return [
+        NodeResult(
+            unique_id=result["unique_id"],
+            status=result["status"],
+            seconds=float(result.get("execution_time") or 0.0),
+            message=f"last loaded {result['max_loaded_at_time_ago_in_s'] / 3600:.1f} h ago"
+            if "max_loaded_at_time_ago_in_s" in result
+            else result.get("error"),
+        )
+        for result in json.loads(output.read_text()).get("results", [])
+    ]
 
 
 def errored(results: list[NodeResult]) -> bool:

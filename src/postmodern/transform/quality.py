@@ -54,8 +54,9 @@ def quality_report(settings: Settings, build: DbtBuildResult) -> QualityReport:
 
     def outcome(result) -> DataTestOutcome:
         node = nodes.get(result.unique_id, {})
+        name = node.get("name", result.unique_id.split(".")[-1])
         return DataTestOutcome(
-            name=node.get("name", result.unique_id.split(".")[-1]),
+            name=f"freshness of {name}" if result.unique_id.startswith("source.") else name,
             unique_id=result.unique_id,
             status=result.status,
             failures=int(result.failures or 0),

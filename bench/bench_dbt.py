@@ -1,0 +1,106 @@
+"""dbt at full Coveo scale: a full `dbt build` over about 36M events, then an incremental build after a
+new load of 1% more sessions of the same shop.
+
+    .venv/bin/python bench/bench_dbt.py                 # generates and loads the full dataset first (minutes)
+    .venv/bin/python bench/bench_dbt.py --scale 0.05    # a quick look
+
+The last line printed is one JSON object with the figures and the targets of issue #4 (full build < 60 s,
+incremental build < 10 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from postmodern.data.generator import PROFILES
+
+
+def run(command: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=float(os.environ.get("BENCH_SCALE", "1.0")),
+        help="share of the full 4.8M sessions (default 1.0, or BENCH_SCALE)",
+    )
+    parser.add_argument("--workdir", type=Path, help="where to keep the data (default: a temporary folder)")
+    args = parser.parse_args()
+
+    sessions = int(PROFILES["coveo-full"].n_sessions * args.scale)
+    extra = max(1, sessions // 100)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-dbt-"))
+    env = {**os.environ, "DUCKDB_PATH": str(workdir / "warehouse.duckdb"), "DATA_DIR": str(workdir), "MAX_SESSIONS": ""}
+    cli = [sys.executable, "-m", "postmodern.cli"]
+    build = [
+        sys.executable,
+        "-c",
+        "from postmodern.config import load_settings; "
+        "from postmodern.transform.dbt_runner import run_dbt_build; "
+        "build = run_dbt_build(load_settings()); assert not build.failed_tests, build.failed_tests",
+    ]
+    try:
+        for name, count, first in (("base", sessions, 0), ("extra", extra, sessions)):
+            run(
+                [
+                    *cli,
+                    "generate",
+                    "--profile",
+                    "coveo-full",
+                    "--sessions",
+                    str(count),
+                    "--first-session",
+                    str(first),
+                    "--output",
+                    str(workdir / name),
+                    "--quiet",
+                ],
+                env,
+            )
+        run([*cli, "load", "--path", str(workdir / "base"), "--quiet"], env)
+        full_s = run(build, env)
+        print(f"full build: {full_s:.1f} s", flush=True)
+        run([*cli, "load", "--path", str(workdir / "extra"), "--quiet"], env)
+        incremental_s = run(build, env)
+        print(f"incremental build: {incremental_s:.1f} s", flush=True)
+        import duckdb
+
+        with duckdb.connect(env["DUCKDB_PATH"], read_only=True) as connection:
+            events, mart = connection.sql(
+                'select (select count(*) from "POST_MODERN_DATA_STACK".stg_browsing_events), '
+                '(select count(*) from "POST_MODERN_DATA_STACK".sessions)'
+            ).fetchall()[0]
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(
+        json.dumps(
+            {
+                "bench": "dbt",
+                "sessions": sessions + extra,
+                "events": events,
+                "mart_sessions": mart,
+                "full_build_seconds": round(full_s, 1),
+                "incremental_build_seconds": round(incremental_s, 1),
+                "note": "each build includes dbt's start-up and `source freshness`",
+                "targets": {"full_build_seconds": 60, "incremental_build_seconds": 10},
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
