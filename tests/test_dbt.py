@@ -24,7 +24,7 @@ def test_build_runs_models_and_tests_and_all_pass(built_warehouse):
     statuses = {result.status for result in build.results}
     assert statuses <= {"success", "pass"}
     kinds = {result.unique_id.split(".")[0] for result in build.results}
-    assert kinds == {"model", "test"}
+    assert kinds == {"model", "test", "source"}  # sources: their freshness
     assert "model.postmodern.sessions" in build.manifest["nodes"]
 
 

@@ -127,3 +127,28 @@ def test_flow_trains_tests_deploys_and_the_server_answers(tmp_path, tiny_data):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.mark.e2e
+def test_the_flow_stops_before_training_when_the_data_fails_its_tests(tmp_path):
+    data = tmp_path / "coveo"
+    data.mkdir()
+    header = "session_id_hash,event_type,product_action,product_sku_hash,server_timestamp_epoch_ms,hashed_url\n"
+    rows = [f"s{i},event_product,detail,sku{i % 7},{1550000000000 + i * 1000},u" for i in range(40)]
+    (data / "browsing_train.csv").write_text(header + "\n".join(rows) + "\n")
+    (data / "sku_to_content.csv").write_text(  # six of the seven SKUs are missing from the catalogue
+        "product_sku_hash,description_vector,category_hash,image_vector,price_bucket\nsku0,,c1/c2,,3\n"
+    )
+    env = {**os.environ, "USERNAME": "e2e", "PYTHONUNBUFFERED": "1"}
+    for name in ("DUCKDB_PATH", "DATA_DIR", "REGISTRY_DIR", "MLFLOW_TRACKING_URI", "WAREHOUSE", "MAX_SESSIONS"):
+        env.pop(name, None)
+    run([sys.executable, "-m", "postmodern.cli", "load", "--path", str(data), "--quiet"], tmp_path, env, 120)
+    flow = subprocess.run(
+        [sys.executable, str(FLOW), "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    output = flow.stdout + flow.stderr
+    assert flow.returncode != 0
+    assert "data quality gate: training stopped" in output and "share_missing_below" in output
+    assert "sku3" in output  # a sample of the offending rows
+    assert "train_model" not in output  # it never started
+    assert not (tmp_path / "data" / "registry").exists()

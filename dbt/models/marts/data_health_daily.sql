@@ -22,7 +22,12 @@ touched_days as (
 
 sessions as (
 
-    select * from {{ ref('int_session_starts') }}
+    select sessions.*
+    from {{ ref('int_session_starts') }} as sessions
+    {% if is_incremental() %}
+    inner join touched_days
+        on sessions.api_key = touched_days.api_key and sessions.session_date = touched_days.event_date
+    {% endif %}
 
 ),
 

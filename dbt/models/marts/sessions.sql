@@ -28,7 +28,11 @@ interactions as (
 
 starts as (
 
-    select * from {{ ref('int_session_starts') }}
+    select starts.*
+    from {{ ref('int_session_starts') }} as starts
+    {% if is_incremental() %}
+    inner join touched on starts.api_key = touched.api_key and starts.session_id = touched.session_id
+    {% endif %}
 
 ),
 

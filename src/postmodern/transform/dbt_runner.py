@@ -109,8 +109,8 @@ def source_freshness(common_args: list[str], target_path: Path) -> list[NodeResu
     """How long ago each source was last loaded; `warn` when older than `freshness_warn_days`."""
     from dbt.cli.main import dbtRunner
 
-    output = target_path / "sources.json"
-    dbtRunner().invoke(["source", "freshness", *common_args, "--output", str(output)])
+    output = target_path / "sources.json"  # where dbt writes freshness results
+    dbtRunner().invoke(["source", "freshness", *common_args])
     if not output.exists():
         return []
     return [
