@@ -37,10 +37,11 @@ def render(dialect: str, call: str) -> str:
 
 CASES = [
     (
-        "m.json_string('raw_data', 'session_id_hash')",
-        "json_extract_string(raw_data, '$.session_id_hash')",
-        "raw_data:session_id_hash::varchar",
+        "m.json_fields('raw_data', ['a', 'b'])",
+        "json_extract_string(raw_data, ['$.a', '$.b'])",
+        "raw_data",
     ),
+    ("m.json_field('fields', ['a', 'b'], 'b')", "fields[2]", "fields:b::varchar"),
     (
         "m.ordered_array_agg('sku', 'ts, rank')",
         "list(sku order by ts, rank)",
@@ -70,7 +71,7 @@ def test_duckdb_renderings_compute_the_right_values():
     row = duckdb.sql(f"""
         select {items} as items,
                {render("duckdb", f"m.array_size({items!r})")} as size,
-               max({render("duckdb", "m.json_string('raw_data', 'session_id_hash')")}) as session,
+               max({render("duckdb", "m.json_fields('raw_data', ['session_id_hash'])")}[1]) as session,
                max({render("duckdb", "m.epoch_ms_to_timestamp('ts')")})::varchar as latest,
                {render("duckdb", "m.sorted_array('list(ts)')")} as stamps
         from {events}""").fetchall()[0]

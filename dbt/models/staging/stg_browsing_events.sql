@@ -1,4 +1,6 @@
 {{ config(materialized='incremental') }}
+{%- set keys = ['session_id_hash', 'event_type', 'product_action', 'product_sku_hash',
+                'server_timestamp_epoch_ms', 'hashed_url'] %}
 
 with source as (
 
@@ -10,19 +12,27 @@ with source as (
 
 ),
 
+-- each event's JSON is parsed once, not once per field
+extracted as (
+
+    select etl_id, etl_timestamp, api_key, {{ json_fields('raw_data', keys) }} as fields
+    from source
+
+),
+
 parsed as (
 
     select
         etl_id,
         etl_timestamp,
         api_key,
-        {{ json_string('raw_data', 'session_id_hash') }} as session_id,
-        {{ json_string('raw_data', 'event_type') }} as event_type,
-        nullif(lower(trim({{ json_string('raw_data', 'product_action') }})), '') as product_action,
-        nullif(lower(trim({{ json_string('raw_data', 'product_sku_hash') }})), '') as product_sku,
-        cast({{ json_string('raw_data', 'server_timestamp_epoch_ms') }} as bigint) as event_epoch_ms,
-        {{ json_string('raw_data', 'hashed_url') }} as hashed_url
-    from source
+        {{ json_field('fields', keys, 'session_id_hash') }} as session_id,
+        {{ json_field('fields', keys, 'event_type') }} as event_type,
+        nullif(lower(trim({{ json_field('fields', keys, 'product_action') }})), '') as product_action,
+        nullif(lower(trim({{ json_field('fields', keys, 'product_sku_hash') }})), '') as product_sku,
+        cast({{ json_field('fields', keys, 'server_timestamp_epoch_ms') }} as bigint) as event_epoch_ms,
+        {{ json_field('fields', keys, 'hashed_url') }} as hashed_url
+    from extracted
 
 ),
 

@@ -70,7 +70,10 @@ def _dbt_environment(settings: Settings) -> dict[str, str]:
 
 
 def run_dbt_build(
-    settings: Settings, project_dir: Path = DBT_PROJECT_DIR, target_path: Path | None = None
+    settings: Settings,
+    project_dir: Path = DBT_PROJECT_DIR,
+    target_path: Path | None = None,
+    full_refresh: bool = False,
 ) -> DbtBuildResult:
     """`dbt build` (models and tests together) with the seed's vars. Tests that fail are in the result;
     DbtBuildError when something errored instead."""
@@ -94,7 +97,7 @@ def run_dbt_build(
         json.dumps(settings.dbt_vars()),
     ]
     started = time.perf_counter()
-    outcome = dbtRunner().invoke(["build", *common_args])
+    outcome = dbtRunner().invoke(["build", *common_args, *(["--full-refresh"] if full_refresh else [])])
     run_results_path = target_path / "run_results.json"
     results = parse_run_results(json.loads(run_results_path.read_text())) if run_results_path.exists() else []
     manifest_path = target_path / "manifest.json"
