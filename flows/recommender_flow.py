@@ -54,15 +54,18 @@ class RecommenderFlow(FlowSpec):
     @card(type="blank", id="dbt")
     @step
     def run_transformation(self):
-        """dbt build (models and tests) from Python; the card shows the DAG and the test results."""
+        """dbt build (models and tests) from Python; the card shows the DAG, the test results and the gate."""
         from postmodern.evaluation.cards import dbt_card_components
         from postmodern.transform import model_row_counts, run_transformation
         from postmodern.transform.dag import dag_from_manifest
 
-        build = run_transformation(SETTINGS, cause=f"Metaflow {current.pathspec} by {current.username}")
+        cause = f"Metaflow {current.pathspec} by {current.username}"
+        build, self.data_quality = run_transformation(SETTINGS, cause)
+        print(self.data_quality.describe())
         dag = dag_from_manifest(build.manifest, build.results)
         self.dbt_summary = build.summary()
-        current.card.extend(dbt_card_components(dag, build.seconds, self.dbt_summary, model_row_counts(SETTINGS, dag)))
+        row_counts = model_row_counts(SETTINGS, dag)
+        current.card.extend(dbt_card_components(dag, build.seconds, self.dbt_summary, row_counts, self.data_quality))
         self.next(self.get_dataset)
 
     @step
