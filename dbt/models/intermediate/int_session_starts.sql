@@ -14,9 +14,7 @@ events as (
 {% if is_incremental() %}
 touched as (
 
-    select distinct api_key, session_id
-    from events
-    where etl_timestamp > (select coalesce(max(last_etl_timestamp), -1) from {{ this }})
+    {{ keys_with_new_events(['api_key', 'session_id']) }}
 
 ),
 {% endif %}

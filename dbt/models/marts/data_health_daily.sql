@@ -1,4 +1,5 @@
 -- Daily health of the data per organisation: what a data engineer checks before trusting a model.
+-- depends_on: {{ ref('stg_browsing_events') }}
 {{ config(materialized='incremental', unique_key=['api_key', 'event_date'], incremental_strategy='delete+insert') }}
 
 with
@@ -13,9 +14,7 @@ events as (
 -- days that received events since the last build are recounted whole
 touched_days as (
 
-    select distinct api_key, event_date
-    from events
-    where etl_timestamp > (select coalesce(max(last_etl_timestamp), -1) from {{ this }})
+    {{ keys_with_new_events(['api_key', 'event_date']) }}
 
 ),
 {% endif %}

@@ -8,9 +8,7 @@ with
 -- sessions that received events since the last build are rebuilt whole; the others are left alone
 touched as (
 
-    select distinct api_key, session_id
-    from {{ ref('stg_browsing_events') }}
-    where etl_timestamp > (select coalesce(max(last_etl_timestamp), -1) from {{ this }})
+    {{ keys_with_new_events(['api_key', 'session_id']) }}
 
 ),
 {% endif %}
