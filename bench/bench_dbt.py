@@ -1,5 +1,5 @@
 """dbt at full Coveo scale: a full `dbt build` over about 36M events, then an incremental build after a
-new load of 1% more sessions of the same shop.
+new load of the next day (1% more sessions of the same shop).
 
     .venv/bin/python bench/bench_dbt.py                 # generates and loads the full dataset first (minutes)
     .venv/bin/python bench/bench_dbt.py --scale 0.05    # a quick look

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 DEFAULT_DATA_DIR = Path("data/coveo")
@@ -20,6 +21,11 @@ def _generate(args: argparse.Namespace) -> None:
         config = replace(config, seed=args.seed)
     if args.first_session:
         config = replace(config, first_session=args.first_session)
+    if args.start_date:
+        start = datetime.strptime(args.start_date, "%Y-%m-%d").replace(tzinfo=UTC)
+        config = replace(config, start_epoch_ms=int(start.timestamp() * 1000))
+    if args.days:
+        config = replace(config, n_days=args.days)
     summary = generate_dataset(args.output, config, progress=not args.quiet)
     print(
         f"wrote {summary.events:,} events in {summary.sessions:,} sessions to {summary.browsing_path} "
@@ -117,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="number sessions from here: more sessions of the same shop (catalogue) for a later load",
     )
+    generate.add_argument("--start-date", help="first day of the sessions, YYYY-MM-DD (default 2019-01-01)")
+    generate.add_argument("--days", type=int, help="days the sessions start over (default 60)")
     generate.add_argument("--output", type=Path, default=DEFAULT_DATA_DIR, help=f"folder (default {DEFAULT_DATA_DIR})")
     generate.add_argument("--quiet", action="store_true", help="no progress bar")
     generate.set_defaults(run=_generate)

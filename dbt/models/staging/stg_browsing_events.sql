@@ -36,15 +36,22 @@ parsed as (
 
 ),
 
--- The log is append-only, so the same event loaded twice appears twice: keep its first load.
+-- The log is append-only, so the same event loaded twice appears twice: keep it once, with its first load.
+-- (A grouping, not a window: it does not carry every row's payload through a sort.)
 deduplicated as (
 
-    select *
+    select
+        min_by(etl_id, etl_timestamp) as etl_id,
+        min(etl_timestamp) as etl_timestamp,
+        api_key,
+        session_id,
+        event_type,
+        product_action,
+        product_sku,
+        event_epoch_ms,
+        hashed_url
     from parsed
-    qualify row_number() over (
-        partition by api_key, session_id, event_epoch_ms, event_type, product_action, product_sku, hashed_url
-        order by etl_timestamp, etl_id
-    ) = 1
+    group by api_key, session_id, event_type, product_action, product_sku, event_epoch_ms, hashed_url
 
 ),
 
