@@ -95,6 +95,7 @@ class Catalogue:
     popularity: np.ndarray  # sampling weight, sums to 1
     successors: np.ndarray  # [n_products, n_successors] product indices
     product_urls: np.ndarray
+    page_urls: np.ndarray  # home, search and content pages, hashed once for every chunk
     description_vectors: np.ndarray
     image_vectors: np.ndarray
     has_vectors: np.ndarray
@@ -176,6 +177,7 @@ def build_catalogue(config: GeneratorConfig) -> Catalogue:
         popularity=popularity,
         successors=successors,
         product_urls=_hashes("product-url", n, config.seed),
+        page_urls=_hashes("page-url", max(100, n // 10), config.seed),
         description_vectors=description.astype(np.float32),
         image_vectors=image.astype(np.float32),
         has_vectors=rng.random(n) >= config.share_missing_vectors,
@@ -289,7 +291,7 @@ def generate_chunk(catalogue: Catalogue, config: GeneratorConfig, first_session:
 
     session_hashes = pa.array(_hashes("session", n_sessions, config.seed, start=first_session))
     is_product = product >= 0
-    page_urls = pa.array(_page_urls(catalogue, config))
+    page_urls = pa.array(catalogue.page_urls)
     page_url_choice = rng.choice(len(page_urls), size=len(session), p=_page_url_weights(len(page_urls)))
     product_indices = pa.array(product, mask=~is_product)
     # Strings are built by Arrow `take` over small dictionaries: no per-event Python or numpy strings.
@@ -307,10 +309,6 @@ def generate_chunk(catalogue: Catalogue, config: GeneratorConfig, first_session:
             ),
         }
     )
-
-
-def _page_urls(catalogue: Catalogue, config: GeneratorConfig) -> np.ndarray:
-    return _hashes("page-url", max(100, len(catalogue.skus) // 10), config.seed)
 
 
 def _page_url_weights(n: int) -> np.ndarray:
