@@ -1,5 +1,6 @@
 """The Post-Modern Stack, end to end: dbt turns the raw log into sessions, an LSTM learns to predict the
-next product, it is tested beside a popularity baseline on the same cases, and the model is deployed.
+next product, a behavioural suite tests it beside the baselines and the deployed model on the same cases,
+and the model is deployed only when it passes the gate.
 
     python flows/recommender_flow.py run
     python flows/recommender_flow.py card view run_transformation --id dbt
@@ -40,6 +41,18 @@ class RecommenderFlow(FlowSpec):
     embedding_dim = Parameter("embedding_dim", default=64, type=int, help="Item embedding size.")
     hidden_dim = Parameter("hidden_dim", default=128, type=int, help="LSTM hidden size.")
     k = Parameter("k", default=20, type=int, help="Cut-off of the ranking metrics (HR@k, MRR@k).")
+    gate_margin = Parameter(
+        "gate_margin",
+        default=0.01,
+        type=float,
+        help="Deploy only if MRR@k beats popularity and the deployed model by this relative margin (0.01: 1%).",
+    )
+    slice_floor = Parameter(
+        "slice_floor",
+        default=0.5,
+        type=float,
+        help="A slice collapses (and blocks deployment) below this share of the best reference's HR@k there.",
+    )
 
     @step
     def start(self):
@@ -71,16 +84,17 @@ class RecommenderFlow(FlowSpec):
     @step
     def get_dataset(self):
         """Stop here if the data failed its quality gate; else read the session mart for the date window
-        and the organisation's api key."""
-        from postmodern.model.dataset import read_session_mart
+        and the organisation's api key, and the product mart (categories and prices, for the slices)."""
+        from postmodern.model.dataset import read_product_mart, read_session_mart
         from postmodern.transform import stop_unless_passed
         from postmodern.warehouse import connect
 
         stop_unless_passed(self.data_quality)
         warehouse = connect(SETTINGS, read_only=True)
         self.sessions = read_session_mart(warehouse, SETTINGS.application_api_key, self.start_date, self.end_date)
+        self.products = read_product_mart(warehouse, SETTINGS.application_api_key)
         warehouse.close()
-        print(f"{self.sessions.num_rows:,} sessions read from the mart")
+        print(f"{self.sessions.num_rows:,} sessions and {self.products.num_rows:,} products read from the marts")
         self.next(self.prepare_dataset)
 
     @step
@@ -119,31 +133,39 @@ class RecommenderFlow(FlowSpec):
     @card(type="blank", id="evaluation")
     @step
     def test_model(self):
-        """HR@k and MRR@k of the LSTM and the popularity baseline on the same next-item test cases."""
-        from postmodern.evaluation.cards import evaluation_card_components
-        from postmodern.evaluation.metrics import evaluate_ranker, next_item_cases
+        """The behavioural suite: the model, the baselines and the deployed model on the same test cases;
+        the gate's verdict on whether the model may replace the deployed one."""
+        from postmodern.evaluation.gate import GateConfig, evaluate_for_deployment
+        from postmodern.evaluation.session_suite import SuiteConfig
+        from postmodern.evaluation.suite_card import suite_card_components
         from postmodern.model.baselines import PopularityRanker
         from postmodern.model.lstm import LSTMRanker
-        from postmodern.tracking import tracked_run
+        from postmodern.tracking import log_suite_report, tracked_run
 
-        cases = next_item_cases(self.splits.test)
-        rankers = [LSTMRanker(self.model), PopularityRanker(self.splits.train_counts)]
-        self.test_results = {ranker.name: evaluate_ranker(ranker, cases, self.k) for ranker in rankers}
+        rankers = [LSTMRanker(self.model), PopularityRanker(self.splits.train_counts)]  # the model under test first
+        gate = GateConfig(metric=f"mrr@{self.k}", margin=self.gate_margin, slice_min_ratio=self.slice_floor)
+        evaluation = evaluate_for_deployment(
+            rankers, self.splits, self.products, SETTINGS.registry_dir, SuiteConfig(k=self.k), gate
+        )
+        report, self.gate_verdict = evaluation.report, evaluation.verdict
+        self.serving_before = evaluation.serving_before
+        self.suite_report = report.to_dict()
+        self.test_results = {name: report.metrics(name) for name in report.rankers}
+        report.save(SETTINGS.data_dir / "reports" / current.run_id / "suite_report.json")
         with tracked_run(SETTINGS, "", {}, run_id=self.tracking_run_id) as tracker:
-            for name, metrics in self.test_results.items():
-                tracker.log_metrics({f"test_{name}_{metric}": value for metric, value in metrics.items()})
+            log_suite_report(tracker, report, self.gate_verdict)
         for name, metrics in self.test_results.items():
             print(f"{name:>12}: MRR@{self.k} {metrics[f'mrr@{self.k}']:.4f}  HR@{self.k} {metrics[f'hr@{self.k}']:.4f}")
-        current.card.extend(
-            evaluation_card_components(self.test_results, self.k, self.training_history, self.splits.stats())
-        )
+        print(self.gate_verdict.describe())
+        current.card.extend(suite_card_components(evaluation, self.training_history, self.splits.stats()))
         self.next(self.deploy)
 
     @step
     def deploy(self):
-        """Bundle the model (weights, vocabulary, config, fallback, metadata) and deploy it."""
+        """Bundle the model (weights, vocabulary, config, fallback, metadata); deploy it only when it passed
+        the gate, else the model deployed before keeps serving."""
+        from postmodern.evaluation.gate import deploy_if_passed
         from postmodern.model.bundle import make_bundle
-        from postmodern.serving.deploy import deploy_bundle
         from postmodern.tracking import log_bundle, tracked_run
 
         version = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{current.run_id}"
@@ -153,19 +175,22 @@ class RecommenderFlow(FlowSpec):
             "tracking_run_id": self.tracking_run_id,
             "data_window": self.splits.boundaries,
             "test_metrics": self.test_results,
+            "gate": self.gate_verdict.summary(),
         }
         self.model_bundle = make_bundle(self.model, self.splits.vocabulary, self.splits.train_counts, metadata)
-        self.deployed_to = deploy_bundle(self.model_bundle, SETTINGS)
+        self.deployment = deploy_if_passed(self.model_bundle, self.gate_verdict, SETTINGS, self.serving_before)
+        self.deployed_to = self.deployment.target
         with tracked_run(SETTINGS, "", {}, run_id=self.tracking_run_id) as tracker:
             log_bundle(tracker, self.model_bundle)
-        print(f"model {version} deployed to {self.deployed_to}")
+        print(self.deployment.message)
         self.next(self.end)
 
     @step
     def end(self):
         """Summarise where the results are."""
         lstm, popularity = (self.test_results[name][f"mrr@{self.k}"] for name in ("lstm", "popularity"))
-        print(f"MRR@{self.k}: LSTM {lstm:.4f} vs popularity {popularity:.4f}; model at {self.deployed_to}")
+        where = f"model at {self.deployed_to}" if self.deployment.deployed else "not deployed (the gate blocked it)"
+        print(f"MRR@{self.k}: LSTM {lstm:.4f} vs popularity {popularity:.4f}; {where}")
 
 
 if __name__ == "__main__":

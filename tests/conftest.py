@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
 from postmodern.config import Settings, load_settings
@@ -55,3 +57,58 @@ def built_warehouse(tmp_path_factory, tiny_data):
     warehouse.close()
     build = run_dbt_build(settings)
     return settings, build
+
+
+SUITE_ITEMS = 30
+
+
+def cyclic_sessions(count: int, rng: np.random.Generator, longest: int = 7) -> list[np.ndarray]:
+    """Sessions that walk item i -> i + 1 (cyclically over SUITE_ITEMS items), 2 to `longest` items long:
+    learnable from order, invisible to popularity."""
+    sessions = []
+    for _ in range(count):
+        start = rng.integers(SUITE_ITEMS)
+        sessions.append((start + np.arange(rng.integers(2, longest + 1))) % SUITE_ITEMS + 1)
+    return sessions
+
+
+@pytest.fixture(scope="session")
+def suite_data():
+    """Splits of cyclic sessions over SKUs sku1..sku30, and their product mart: categories by item number
+    modulo 3, price buckets 1..10, and the last two SKUs missing from the catalogue."""
+    from postmodern.model.dataset import SessionSplits, Vocabulary
+
+    rng = np.random.default_rng(0)
+    train, validation, test = (cyclic_sessions(n, rng) for n in (300, 30, 60))
+    counts = np.bincount(np.concatenate(train), minlength=SUITE_ITEMS + 1)
+    vocabulary = Vocabulary([f"sku{i}" for i in range(1, SUITE_ITEMS + 1)])
+    listed = vocabulary.skus[:-2]
+    products = pa.table(
+        {
+            "product_sku": listed,
+            "top_category": [f"category{int(sku[3:]) % 3}" for sku in listed],
+            "price_bucket": [float(int(sku[3:]) % 10 + 1) for sku in listed],
+        }
+    )
+    return SessionSplits(vocabulary, train, validation, test, counts, {}), products
+
+
+@pytest.fixture(scope="session")
+def evaluation_against_deployed(tmp_path_factory, suite_data):
+    """The default suite and gate for an untrained LSTM against popularity and its own copy, deployed as v1."""
+    import torch
+
+    from postmodern.evaluation.gate import evaluate_for_deployment
+    from postmodern.evaluation.session_suite import SuiteConfig
+    from postmodern.model.baselines import PopularityRanker
+    from postmodern.model.bundle import make_bundle
+    from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender
+    from postmodern.serving.registry import publish
+
+    splits, products = suite_data
+    torch.manual_seed(0)
+    model = LSTMRecommender(LSTMConfig(SUITE_ITEMS + 1, embedding_dim=8, hidden_dim=16, max_length=5))
+    registry = tmp_path_factory.mktemp("registry")
+    publish(make_bundle(model, splits.vocabulary, splits.train_counts, {"model_version": "v1"}), registry)
+    rankers = [LSTMRanker(model), PopularityRanker(splits.train_counts)]
+    return evaluate_for_deployment(rankers, splits, products, registry, SuiteConfig(latency_sessions=5), progress=False)

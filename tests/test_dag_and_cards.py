@@ -2,7 +2,7 @@ import json
 
 from metaflow.cards import Markdown, Table, VegaChart
 
-from postmodern.evaluation.cards import dag_chart_spec, dbt_card_components, evaluation_card_components
+from postmodern.evaluation.cards import dag_chart_spec, dbt_card_components
 from postmodern.transform.dag import dag_from_manifest
 from postmodern.transform.dbt_runner import NodeResult
 from postmodern.transform.quality import DataTestOutcome, QualityReport
@@ -100,20 +100,3 @@ def test_dbt_card_lists_models_with_rows_tests_and_descriptions_and_the_gate():
 def test_a_clean_build_says_the_gate_passed():
     components = dbt_card_components(dag_from_manifest(diamond_manifest()), 1.0, {"pass": 1}, {}, QualityReport([], []))
     assert "**Passed**" in components[1].render()["source"]
-
-
-def test_evaluation_card_headline_compares_with_the_best_baseline():
-    results = {
-        "lstm": {"hr@20": 0.5, "mrr@20": 0.3, "last_hr@20": 0.4, "last_mrr@20": 0.2, "cases": 100.0},
-        "popularity": {"hr@20": 0.3, "mrr@20": 0.1, "last_hr@20": 0.3, "last_mrr@20": 0.1, "cases": 100.0},
-    }
-    history = [
-        {"epoch": 1, "train_loss": 5.0, "validation_mrr": 0.2},
-        {"epoch": 2, "train_loss": 4.0, "validation_mrr": 0.25},
-    ]
-    components = evaluation_card_components(results, 20, history, {"test_sessions": 10})
-    headline = components[0]
-    assert isinstance(headline, Markdown)
-    assert "0.3000** beats the best baseline (popularity, 0.1000)" in headline.render()["source"]
-    charts = [c for c in components if isinstance(c, VegaChart)]
-    assert len(charts) == 2

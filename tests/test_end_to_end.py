@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from chromium import render
 
 REPO = Path(__file__).resolve().parents[1]
 FLOW = REPO / "flows" / "recommender_flow.py"
@@ -28,12 +29,16 @@ run = Flow("RecommenderFlow").latest_run
 cards = {step: [card.get() for card in get_cards(run[step].task, id=card_id)]
          for step, card_id in (("run_transformation", "dbt"), ("test_model", "evaluation"))}
 print(json.dumps({
+    "run_id": run.id,
     "successful": run.successful,
     "test_results": run.data.test_results,
+    "suite_report": run.data.suite_report,
+    "gate_passed": run.data.gate_verdict.passed,
     "deployed_to": run.data.deployed_to,
     "dbt_summary": run.data.dbt_summary,
     "cards": {step: base64.b64decode(re.search(r'__MF_DATA__\\["[^"]+"\\] = "([^"]+)"', html[0]).group(1)).decode()
               for step, html in cards.items() if html},
+    "test_model_card_html": cards["test_model"][0],
 }))
 """
 
@@ -62,6 +67,11 @@ def assert_tracked(database: Path, epochs: int) -> None:
     history = client.get_metric_history(run.info.run_id, "validation_mrr")
     assert 1 <= len(history) <= epochs
     assert 0 < run.data.metrics["test_lstm_mrr_at_20"] <= 1
+    assert run.data.metrics["gate_passed"] == 1.0
+    assert "test_popularity_subsequent/f1_at_20" in run.data.metrics  # the whole suite, names spelled for MLflow
+    assert "test_lstm_hr_by_popularity/top 1pct" in run.data.metrics
+    suite = {item.path for item in client.list_artifacts(run.info.run_id, "behavioural_suite")}
+    assert suite == {"behavioural_suite/suite_report.json"}
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "model_bundle")}
     assert "model_bundle/weights.pt" in artifacts and "model_bundle/metadata.json" in artifacts
 
@@ -76,23 +86,43 @@ def test_flow_trains_tests_deploys_and_the_server_answers(tmp_path, tiny_data):
     loaded = run([python, "-m", "postmodern.cli", "load", "--path", str(tiny_data), "--quiet"], tmp_path, env, 120)
     assert "loaded" in loaded and "2,500 sessions" in loaded
 
-    output = run([python, str(FLOW), "run", "--epochs", "3"], tmp_path, env, 900)
-    assert "MRR@20: LSTM" in output
+    # The LSTM is not expected to beat popularity on so little data: this run lets it be up to 50% worse.
+    output = run([python, str(FLOW), "run", "--epochs", "3", "--gate_margin", "-0.5"], tmp_path, env, 900)
+    assert "MRR@20: LSTM" in output and "gate passed" in output
 
     details = json.loads(run([python, "-c", READ_RUN], tmp_path, env, 120).strip().splitlines()[-1])
-    assert details["successful"]
+    assert details["successful"] and details["gate_passed"]
     assert details["dbt_summary"].get("error") is None and details["dbt_summary"]["pass"] > 10
+    report = details["suite_report"]
+    assert report["rankers"] == ["lstm", "popularity"] and report["candidate"] == "lstm"
+    assert report["dataset"]["cases"] > 100 and report["dataset"]["sessions"] > 20
     for model in ("lstm", "popularity"):
         metrics = details["test_results"][model]
         assert 0 < metrics["mrr@20"] <= metrics["hr@20"] <= 1
-        assert metrics["cases"] > 100
-    assert details["test_results"]["lstm"]["cases"] == details["test_results"]["popularity"]["cases"]
+        assert 0 < metrics["ndcg@20"] <= 1 and 0 < metrics["subsequent/recall@20"] <= 1
+        assert sum(value for name, value in metrics.items() if name.startswith("hr_by_category/")) > 0
+    saved = json.loads((tmp_path / "data" / "reports" / details["run_id"] / "suite_report.json").read_text())
+    assert saved["tests"] == report["tests"]
     assert "sessions" in details["cards"]["run_transformation"]  # the mart is on the DAG card
-    assert "MRR@20" in details["cards"]["test_model"]
+    assert "Behavioural tests of" in details["cards"]["test_model"] and "**PASSED**" in details["cards"]["test_model"]
+    page = render(details["test_model_card_html"], tmp_path / "chromium")
+    assert page.script_errors == [] and page.console_errors == []
+    assert page.charts == 6 and page.drawn_charts == 6
     registry = tmp_path / "data" / "registry"
     version = (registry / "LATEST").read_text().strip()
     assert Path(details["deployed_to"]).resolve() == (registry / version).resolve()
     assert_tracked(tmp_path / "data" / "mlflow.db", epochs=3)
+
+    # The default gate: a one-epoch model beats neither popularity nor the deployed model by 1%.
+    output = run([python, str(FLOW), "run", "--epochs", "1"], tmp_path, env, 900)
+    assert "deployment blocked: gate blocked lstm" in output and f"{version} keeps serving" in output
+    assert "not deployed (the gate blocked it)" in output and "Traceback" not in output
+    blocked = json.loads(run([python, "-c", READ_RUN], tmp_path, env, 120).strip().splitlines()[-1])
+    assert blocked["successful"] and not blocked["gate_passed"] and blocked["deployed_to"] is None
+    assert blocked["suite_report"]["rankers"] == ["lstm", "popularity", "deployed"]
+    assert blocked["test_results"]["deployed"]["mrr@20"] == pytest.approx(details["test_results"]["lstm"]["mrr@20"])
+    assert "**BLOCKED**" in blocked["cards"]["test_model"]
+    assert (registry / "LATEST").read_text().strip() == version  # the first model keeps serving
 
     bundle = registry / version
     known_sku = json.loads((bundle / "vocab.json").read_text())[0]

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import SUITE_ITEMS, cyclic_sessions
 
 from postmodern.evaluation.metrics import evaluate_ranker, next_item_cases
 from postmodern.model.baselines import PopularityRanker
@@ -12,22 +13,13 @@ from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender, pad_b
 from postmodern.model.train import TrainConfig, train_lstm, training_windows
 from postmodern.serving.registry import latest_bundle_dir, publish, resolve_model_dir
 
-N_ITEMS = 30
-
-
-def cyclic_sessions(count, rng):
-    """Sessions that walk item i -> i+1 (mod N): learnable from order, invisible to popularity."""
-    sessions = []
-    for _ in range(count):
-        start = rng.integers(N_ITEMS)
-        sessions.append((start + np.arange(rng.integers(2, 7))) % N_ITEMS + 1)
-    return sessions
+N_ITEMS = SUITE_ITEMS
 
 
 @pytest.fixture(scope="module")
 def trained():
     rng = np.random.default_rng(0)
-    train, validation, test = (cyclic_sessions(n, rng) for n in (400, 60, 60))
+    train, validation, test = (cyclic_sessions(n, rng, longest=6) for n in (400, 60, 60))
     counts = np.bincount(np.concatenate(train), minlength=N_ITEMS + 1)
     splits = SessionSplits(Vocabulary([f"sku{i}" for i in range(1, N_ITEMS + 1)]), train, validation, test, counts, {})
     config = LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=16, hidden_dim=32, dropout=0.0, max_length=5)

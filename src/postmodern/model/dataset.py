@@ -146,3 +146,16 @@ def read_session_mart(warehouse, api_key: str, start_date: str | None = None, en
         """,
         [api_key, start_date or None, end_date or None],
     )
+
+
+def read_product_mart(warehouse, api_key: str) -> pa.Table:
+    """The organisation's products with their top-level category and price bucket (for the suite's slices)."""
+    return warehouse.query(
+        f"""
+        select product_sku, top_category, price_bucket
+        from {warehouse.qualified("products")}
+        where api_key = ?
+        order by product_sku
+        """,
+        [api_key],
+    )

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Protocol
 from postmodern.config import Settings
 
 if TYPE_CHECKING:
+    from postmodern.evaluation.gate import GateVerdict
+    from postmodern.evaluation.suite import SuiteReport
     from postmodern.model.bundle import ModelBundle
 
 
@@ -61,3 +63,14 @@ def log_bundle(tracker: Tracker, bundle: ModelBundle) -> None:
     """The model bundle as a run artifact, so a tracked run can be served as it is."""
     with tempfile.TemporaryDirectory() as scratch:
         tracker.log_artifacts(bundle.save(Path(scratch) / "bundle"), "model_bundle")
+
+
+def log_suite_report(tracker: Tracker, report: SuiteReport, verdict: GateVerdict) -> None:
+    """Every number of the behavioural suite for every ranker (`test_<ranker>_<metric>`), the gate's
+    verdict (`gate_passed`: 1 or 0), and the report as a JSON artifact."""
+    for ranker in report.rankers:
+        tracker.log_metrics({f"test_{ranker}_{name}": value for name, value in report.metrics(ranker).items()})
+    tracker.log_metrics({"gate_passed": float(verdict.passed)})
+    with tempfile.TemporaryDirectory() as scratch:
+        report.save(Path(scratch) / "suite_report.json")
+        tracker.log_artifacts(Path(scratch), "behavioural_suite")

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
+
+# MLflow accepts letters, digits and `_-. /:` in metric names; the suite's labels say "@20", "top 1%", "10+".
+SPELLED_OUT = {"@": "_at_", "%": "pct", "+": "plus"}
+
+
+def mlflow_metric_name(name: str) -> str:
+    for character, spelled in SPELLED_OUT.items():
+        name = name.replace(character, spelled)
+    return re.sub(r"[^\w\-. /:]", "_", name)
 
 
 class MLflowTracker:
@@ -29,7 +39,7 @@ class MLflowTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         finite = {
-            name.replace("@", "_at_"): float(value)
+            mlflow_metric_name(name): float(value)
             for name, value in metrics.items()
             if value is not None and math.isfinite(float(value))
         }
