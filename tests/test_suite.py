@@ -3,6 +3,9 @@ the deployed model as a ranker, the deployment gate and the tracker."""
 
 import json
 import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +34,7 @@ from postmodern.model.bundle import SessionRecommender, make_bundle
 from postmodern.model.dataset import Vocabulary
 from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender
 from postmodern.serving.registry import latest_bundle_dir, publish
-from postmodern.tracking import log_suite_report
+from postmodern.tracking import log_suite_report, tracked_run
 from postmodern.tracking.mlflow_tracker import mlflow_metric_name
 
 N_ITEMS = SUITE_ITEMS
@@ -394,30 +397,44 @@ def test_evaluate_for_deployment_compares_with_the_deployed_model_on_the_same_ca
 # --- tracking ------------------------------------------------------------------------------------------
 
 
-class RecordingTracker:
-    run_id = "recorded"
+class FakeCometExperiment:
+    """Records what the Comet tracker sends, in comet_ml's call signatures."""
 
-    def __init__(self):
-        self.metrics, self.artifacts = {}, {}
+    def __init__(self, api_key=None, project_name=None, experiment_key=None, **options):
+        self.key, self.metrics, self.assets, self.ended = experiment_key or "new-key", {}, {}, False
+        SENT.append(self)
+
+    def get_key(self):
+        return self.key
 
     def log_metrics(self, metrics, step=None):
         self.metrics.update(metrics)
 
-    def log_artifacts(self, directory, artifact_path):
-        for path in directory.iterdir():
-            self.artifacts[f"{artifact_path}/{path.name}"] = path.read_text()
+    def log_asset(self, path, file_name):
+        self.assets[file_name] = Path(path).read_text()
+
+    def end(self):
+        self.ended = True
 
 
-def test_the_report_goes_to_the_tracker(report):
-    tracker = RecordingTracker()
-    log_suite_report(tracker, report, check_gate(report, GateConfig(must_beat=("popularity",), slice_tests=())))
-    assert tracker.metrics["test_successor_mrr@20"] == 1.0
+SENT: list[FakeCometExperiment] = []
+
+
+def test_the_report_goes_to_comet_when_it_is_the_tracker(report, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "comet_ml", SimpleNamespace(ExistingExperiment=FakeCometExperiment))
+    settings = make_settings(tmp_path, comet_api_key="secret")
+    verdict = check_gate(report, GateConfig(must_beat=("popularity",), slice_tests=()))
+    with tracked_run(settings, "", {}, run_id="training-run") as tracker:
+        log_suite_report(tracker, report, verdict)
+    experiment = SENT[-1]
+    assert experiment.key == "training-run" and experiment.ended  # the training run's experiment, resumed
+    assert experiment.metrics["test_successor_mrr@20"] == 1.0
     assert (
-        tracker.metrics["test_popularity_hr_by_popularity/bottom 50%"]
+        experiment.metrics["test_popularity_hr_by_popularity/bottom 50%"]
         == report.metrics("popularity")["hr_by_popularity/bottom 50%"]
     )
-    assert tracker.metrics["gate_passed"] == 1.0  # the successor ranker beats popularity
-    saved = json.loads(tracker.artifacts["behavioural_suite/suite_report.json"])
+    assert experiment.metrics["gate_passed"] == 1.0  # the successor ranker beats popularity
+    saved = json.loads(experiment.assets["behavioural_suite/suite_report.json"])
     assert SuiteReport.from_dict(saved).to_dict() == report.to_dict()
 
 

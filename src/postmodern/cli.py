@@ -72,6 +72,7 @@ Done. Where things are:
   warehouse      {settings.duckdb_path if settings.warehouse == "duckdb" else "Snowflake " + settings.sf_db}
   model registry {settings.registry_dir} (latest: {_latest_version(settings.registry_dir)})
   tracking       {settings.resolved_mlflow_uri}
+  suite reports  {settings.data_dir / "reports"}/<run id>/suite_report.json
 
 Next:
   view the cards       .venv/bin/{flow} card view run_transformation --id dbt
