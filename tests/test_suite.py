@@ -281,7 +281,7 @@ def test_load_deployed_model_from_the_registry(tmp_path):
     registry = tmp_path / "registry"
     vocabulary = Vocabulary(["a", "b"])
     assert load_deployed_model(registry, vocabulary).ranker is None
-    assert "no deployed model" in load_deployed_model(registry, vocabulary).note
+    assert load_deployed_model(registry, vocabulary).note == f"no model deployed yet in {registry}"
     publish(make_bundle(random_model(2), vocabulary, np.array([0, 2, 1]), {"model_version": "v1"}), registry)
     deployed = load_deployed_model(registry, vocabulary)
     assert deployed.ranker.name == "deployed" and deployed.ranker.version == "v1"

@@ -51,11 +51,12 @@ def load_deployed_model(registry_dir: Path, vocabulary: Vocabulary) -> DeployedM
     the bundle cannot be read; either way the run goes on."""
     try:
         directory = latest_bundle_dir(registry_dir)
+    except BundleError:
+        return DeployedModel(None, f"no model deployed yet in {registry_dir}")
+    try:
         recommender = SessionRecommender(ModelBundle.load(directory))
-    except BundleError as error:
-        return DeployedModel(None, f"no deployed model to compare with ({error})")
     except Exception as error:  # a damaged bundle: torch and json raise many kinds; serving cannot load it either
-        return DeployedModel(None, f"the deployed model in {registry_dir} cannot be loaded ({error})")
+        return DeployedModel(None, f"the deployed model in {directory} cannot be loaded ({error})")
     return DeployedModel(
         DeployedModelRanker(recommender, vocabulary), f"deployed model {recommender.version} from {directory}"
     )

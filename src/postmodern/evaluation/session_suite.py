@@ -162,7 +162,7 @@ class SessionRecSuite(RecSuite):
         shown = {int(code) for code in frequent[: self.config.max_categories] if np.any(known == code)}
         names = self.attributes.category_names
         category = np.array(
-            [UNKNOWN if code < 0 else names[code][:10] if code in shown else OTHER for code in codes], dtype=object
+            [UNKNOWN if code < 0 else names[code] if code in shown else OTHER for code in codes], dtype=object
         )
         prices = self.attributes.price_bucket[targets]
         return {

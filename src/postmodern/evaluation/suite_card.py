@@ -129,11 +129,11 @@ def grouped_bars_spec(report: SuiteReport, panels: dict[str, str], y_title: str 
         "facet": {"field": "panel", "type": "nominal", "title": None, "sort": list(panels.values())},
         "columns": 2,
         "spec": {
-            "width": {"step": 6 + 6 * len(rankers)},  # a band per label, wide enough for one bar per ranker
+            "width": {"step": 10},  # per bar (the offset band): a label's band holds one bar per ranker
             "height": 160,
             "mark": "bar",
             "encoding": {
-                "x": {"field": "label", "type": "nominal", "sort": None, "title": None},
+                "x": {"field": "label", "type": "nominal", "sort": None, "title": None, "axis": {"labelLimit": 90}},
                 "xOffset": {"field": "ranker", "type": "nominal", "sort": rankers},
                 "y": {"field": "value", "type": "quantitative", "title": y_title},
                 "color": {"field": "ranker", "type": "nominal", "sort": rankers},
