@@ -32,7 +32,7 @@ class EvaluationCases:
     targets: np.ndarray
     session_index: np.ndarray  # which session each case comes from
     is_last: np.ndarray  # the case predicts the session's last item (the seed's protocol)
-    positions: np.ndarray | None = None  # index of the target in its session
+    positions: np.ndarray  # index of the target in its session
 
 
 def next_item_cases(sessions: list[np.ndarray], max_cases: int | None = None, seed: int = 0) -> EvaluationCases:
