@@ -157,7 +157,7 @@ def test_a_raw_event_with_an_implausible_timestamp_stops_training(tmp_path):
     )
     execute(
         settings,
-        "insert into \"{schema}\".COVEO_DATASET_RAW values (?, 1, ?, 'event_product', null, ?)",
+        "insert into \"{schema}\".COVEO_DATASET_RAW values (?, 1, ?, 'event_product', null, cast(? as json))",
         [summary.etl_id, settings.application_api_key, seconds_not_ms],
     )
     _, report = build_and_report(settings)

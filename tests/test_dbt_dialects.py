@@ -36,12 +36,8 @@ def render(dialect: str, call: str) -> str:
 
 
 CASES = [
-    (
-        "m.json_fields('raw_data', ['a', 'b'])",
-        "json_extract_string(raw_data, ['$.a', '$.b'])",
-        "raw_data",
-    ),
-    ("m.json_field('fields', ['a', 'b'], 'b')", "fields[2]", "fields:b::varchar"),
+    ("m.document_field('raw_data', 'a')", "cast(raw_data['a'] as varchar)", "raw_data:a::varchar"),
+    ("m.document_field('raw_data', 'ts', 'bigint')", "cast(raw_data['ts'] as bigint)", "raw_data:ts::bigint"),
     (
         "m.ordered_array_agg('sku', 'ts, rank')",
         "list(sku order by ts, rank)",
@@ -65,13 +61,13 @@ def test_snowflake_renderings_are_valid_snowflake_sql(call, duckdb_sql, snowflak
 
 
 def test_duckdb_renderings_compute_the_right_values():
-    events = """(values ('s', 'b', 2000, 1, '{"session_id_hash": "s"}'), ('s', 'a', 1000, 1, '{}'))
+    events = """(values ('s', 'b', 2000, 1, '{"session_id_hash": "s"}'::json::variant), ('s', 'a', 1000, 1, '{}'))
                 as events(session, sku, ts, rank, raw_data)"""
     items = render("duckdb", "m.ordered_array_agg('sku', 'ts, rank')")
     row = duckdb.sql(f"""
         select {items} as items,
                {render("duckdb", f"m.array_size({items!r})")} as size,
-               max({render("duckdb", "m.json_fields('raw_data', ['session_id_hash'])")}[1]) as session,
+               max({render("duckdb", "m.document_field('raw_data', 'session_id_hash')")}) as session,
                max({render("duckdb", "m.epoch_ms_to_timestamp('ts')")})::varchar as latest,
                {render("duckdb", "m.sorted_array('list(ts)')")} as stamps
         from {events}""").fetchall()[0]

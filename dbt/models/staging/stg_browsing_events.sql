@@ -1,44 +1,59 @@
 {{ config(materialized='incremental') }}
-{%- set keys = ['session_id_hash', 'event_type', 'product_action', 'product_sku_hash',
-                'server_timestamp_epoch_ms', 'hashed_url'] %}
 
-with source as (
+{#- The events are read more than once below (to find repeated keys, then to pass events through), so their
+    query is inlined rather than a CTE: DuckDB materialises a CTE that is read twice, every event in memory. -#}
+{% set keyed_events %}
+    select
+        *,
+        -- 64 bits equal for equal events (`hash` is the same function in DuckDB and Snowflake); the page URL
+        -- only tells page views apart, so it enters the key and nothing downstream reads it
+        hash(api_key, session_id, event_type, product_action, product_sku, event_epoch_ms, hashed_url) as event_key
+    from (
+        select
+            etl_id,
+            etl_timestamp,
+            api_key,
+            {{ document_field('raw_data', 'session_id_hash') }} as session_id,
+            {{ document_field('raw_data', 'event_type') }} as event_type,
+            nullif(lower(trim({{ document_field('raw_data', 'product_action') }})), '') as product_action,
+            nullif(lower(trim({{ document_field('raw_data', 'product_sku_hash') }})), '') as product_sku,
+            {{ document_field('raw_data', 'server_timestamp_epoch_ms', 'bigint') }} as event_epoch_ms,
+            {{ document_field('raw_data', 'hashed_url') }} as hashed_url
+        from {{ source('coveo', 'events_raw') }}
+        {% if is_incremental() %}
+        -- only the loads that arrived since the last build: history is never re-read
+        where etl_timestamp > (select coalesce(max(etl_timestamp), -1) from {{ this }})
+        {% endif %}
+    ) as renamed
+{% endset %}
 
-    select * from {{ source('coveo', 'events_raw') }}
+with
+
+-- The log is append-only, so the same event loaded twice appears twice. Repeats are rare: find their keys on
+-- one 64-bit column and let every other event straight through.
+repeated_keys as (
+
+    select event_key from ({{ keyed_events }}) as events group by event_key having count(*) > 1
     {% if is_incremental() %}
-    -- only the loads that arrived since the last build: history is never re-read
-    where etl_timestamp > (select coalesce(max(etl_timestamp), -1) from {{ this }})
+    union
+    -- an event already built from an earlier load is a repeat too
+    select built.event_key
+    from {{ this }} as built
+    inner join ({{ keyed_events }}) as events on built.event_key = events.event_key
     {% endif %}
 
 ),
 
--- each event's JSON is parsed once, not once per field
-extracted as (
+unique_events as (
 
-    select etl_id, etl_timestamp, api_key, {{ json_fields('raw_data', keys) }} as fields
-    from source
-
-),
-
-parsed as (
-
-    select
-        etl_id,
-        etl_timestamp,
-        api_key,
-        {{ json_field('fields', keys, 'session_id_hash') }} as session_id,
-        {{ json_field('fields', keys, 'event_type') }} as event_type,
-        nullif(lower(trim({{ json_field('fields', keys, 'product_action') }})), '') as product_action,
-        nullif(lower(trim({{ json_field('fields', keys, 'product_sku_hash') }})), '') as product_sku,
-        cast({{ json_field('fields', keys, 'server_timestamp_epoch_ms') }} as bigint) as event_epoch_ms,
-        {{ json_field('fields', keys, 'hashed_url') }} as hashed_url
-    from extracted
+    select * exclude (hashed_url)
+    from ({{ keyed_events }}) as events
+    where event_key not in (select event_key from repeated_keys)
 
 ),
 
--- The log is append-only, so the same event loaded twice appears twice: keep it once, with its first load.
--- (A grouping, not a window: it does not carry every row's payload through a sort.)
-deduplicated as (
+-- Repeated keys are grouped by the events' fields, so two different events whose keys collide both stay.
+first_loads_of_repeated_events as (
 
     select
         min_by(etl_id, etl_timestamp) as etl_id,
@@ -49,38 +64,45 @@ deduplicated as (
         product_action,
         product_sku,
         event_epoch_ms,
-        hashed_url
-    from parsed
-    group by api_key, session_id, event_type, product_action, product_sku, event_epoch_ms, hashed_url
+        event_key
+    from ({{ keyed_events }}) as events
+    where event_key in (select event_key from repeated_keys)
+    group by api_key, session_id, event_type, product_action, product_sku, event_epoch_ms, hashed_url, event_key
 
 ),
 
 {% if is_incremental() %}
--- and an event already built from an earlier load is not built again
-new_events as (
+new_repeated_events as (
 
     select *
-    from deduplicated
+    from first_loads_of_repeated_events as candidate
     where not exists (
         select 1
         from {{ this }} as built
-        where built.api_key = deduplicated.api_key
-          and built.session_id = deduplicated.session_id
-          and built.event_epoch_ms = deduplicated.event_epoch_ms
-          and built.event_type is not distinct from deduplicated.event_type
-          and built.product_action is not distinct from deduplicated.product_action
-          and built.product_sku is not distinct from deduplicated.product_sku
-          and built.hashed_url is not distinct from deduplicated.hashed_url
+        where built.event_key = candidate.event_key
+          and built.session_id = candidate.session_id
+          and built.event_epoch_ms = candidate.event_epoch_ms
+          and built.event_type is not distinct from candidate.event_type
+          and built.product_action is not distinct from candidate.product_action
+          and built.product_sku is not distinct from candidate.product_sku
     )
 
 ),
 {% else %}
-new_events as (
+new_repeated_events as (
 
-    select * from deduplicated
+    select * from first_loads_of_repeated_events
 
 ),
 {% endif %}
+
+deduplicated as (
+
+    select * from unique_events
+    union all
+    select * from new_repeated_events
+
+),
 
 final as (
 
@@ -88,7 +110,7 @@ final as (
         *,
         {{ epoch_ms_to_timestamp('event_epoch_ms') }} as event_at,
         cast({{ epoch_ms_to_timestamp('event_epoch_ms') }} as date) as event_date
-    from new_events
+    from deduplicated
 
 )
 

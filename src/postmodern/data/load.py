@@ -109,12 +109,17 @@ def _reason_sql() -> str:
     end"""
 
 
-RAW_DATA_SQL = """case when event_type = 'search'
-    then to_json(struct_pack(session_id_hash, event_type, query_vector, clicked_skus_hash, product_skus_hash,
-                             server_timestamp_epoch_ms := epoch_ms_value))
-    else to_json(struct_pack(session_id_hash, event_type, product_action, product_sku_hash,
-                             server_timestamp_epoch_ms := epoch_ms_value, hashed_url))
-end"""
+def raw_data_sql(warehouse: Warehouse) -> str:
+    """The event as the document the raw log stores; search events carry their own fields."""
+    search = warehouse.document_sql(
+        "struct_pack(session_id_hash, event_type, query_vector, clicked_skus_hash, product_skus_hash, "
+        "server_timestamp_epoch_ms := epoch_ms_value)"
+    )
+    browsing = warehouse.document_sql(
+        "struct_pack(session_id_hash, event_type, product_action, product_sku_hash, "
+        "server_timestamp_epoch_ms := epoch_ms_value, hashed_url)"
+    )
+    return f"case when event_type = 'search' then {search} else {browsing} end"
 
 
 def _run(connection: duckdb.DuckDBPyConnection, sql: str, description: str, progress: bool) -> None:
@@ -187,7 +192,7 @@ def load_source(
         seconds_so_far = time.perf_counter() - started
         selects = {
             tables.raw: f"""select {common}, event_type, cast(epoch_ms(epoch_ms_value) as date) as event_date,
-                                   {RAW_DATA_SQL} as raw_data
+                                   {raw_data_sql(warehouse)} as raw_data
                             from ({valid_rows})""",
             tables.quarantine: _quarantine_sql(staged, tag, common, settings.max_sessions is not None),
             tables.loads: f"""select {common}, '{kind}' as source_kind, '{_sql_text(str(path))}' as source_path,

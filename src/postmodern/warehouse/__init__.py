@@ -14,7 +14,9 @@ import pyarrow as pa
 from postmodern.config import LogTables, Settings
 
 # Column names and types of the append-only tables; each warehouse spells the types its own way.
-# raw_data holds the event as in browsing_train.csv (JSON); the ledger has one row per load.
+# raw_data holds the event as in browsing_train.csv, as a semi-structured document (VARIANT in both
+# warehouses, as in the seed's Snowflake table: a field is read like a column, without parsing JSON text);
+# the ledger has one row per load.
 LOG_TABLE_COLUMNS = {
     "raw": [
         ("etl_id", "text"),
@@ -22,7 +24,7 @@ LOG_TABLE_COLUMNS = {
         ("api_key", "text"),
         ("event_type", "text"),
         ("event_date", "date"),
-        ("raw_data", "json"),
+        ("raw_data", "document"),
     ],
     "catalog": [
         ("etl_id", "text"),
@@ -77,6 +79,9 @@ class Warehouse(Protocol):
 
     def staging_connection(self) -> duckdb.DuckDBPyConnection:
         """The DuckDB connection where a load stages and checks its rows before appending them."""
+
+    def document_sql(self, struct_sql: str) -> str:
+        """Staging-side SQL that turns a DuckDB struct into what `append_queries` stores as a document."""
 
     def append_queries(self, staging: duckdb.DuckDBPyConnection, selects: dict[str, str]) -> dict[str, int]:
         """Append each query's rows (run on `staging`) to its table, all in one transaction."""

@@ -11,7 +11,7 @@ import pyarrow as pa
 from postmodern.config import LogTables
 from postmodern.warehouse import LOG_TABLE_COLUMNS, WarehouseError
 
-TYPES = {"text": "varchar", "bigint": "bigint", "date": "date", "json": "json", "double": "double"}
+TYPES = {"text": "varchar", "bigint": "bigint", "date": "date", "document": "variant", "double": "double"}
 
 
 class DuckDBWarehouse:
@@ -40,9 +40,25 @@ class DuckDBWarehouse:
         for role, name in asdict(tables).items():
             columns = ", ".join(f"{column} {TYPES[kind]}" for column, kind in LOG_TABLE_COLUMNS[role])
             self.connection.execute(f"create table if not exists {self.qualified(name)} ({columns})")
+        self._migrate_json_raw_data(tables.raw)
+
+    def _migrate_json_raw_data(self, raw_table: str) -> None:
+        """Logs written before raw_data became a VARIANT held JSON text: convert them once, in place."""
+        (kind,) = self.connection.sql(
+            "select data_type from information_schema.columns where lower(table_schema) = lower(?) "
+            "and lower(table_name) = lower(?) and column_name = 'raw_data'",
+            params=[self.schema, raw_table],
+        ).fetchall()[0]
+        if kind != "VARIANT":
+            self.connection.execute(
+                f"alter table {self.qualified(raw_table)} alter raw_data type variant using cast(raw_data as json)"
+            )
 
     def staging_connection(self) -> duckdb.DuckDBPyConnection:
         return self.connection  # stage next to the log: appending is then a local INSERT ... SELECT
+
+    def document_sql(self, struct_sql: str) -> str:
+        return f"cast({struct_sql} as variant)"
 
     def append_queries(self, staging: duckdb.DuckDBPyConnection, selects: dict[str, str]) -> dict[str, int]:
         rows = {}

@@ -15,7 +15,7 @@ import pyarrow as pa
 from postmodern.config import LogTables, Settings
 from postmodern.warehouse import LOG_TABLE_COLUMNS, WarehouseError
 
-TYPES = {"text": "varchar", "bigint": "number", "date": "date", "json": "variant", "double": "float"}
+TYPES = {"text": "varchar", "bigint": "number", "date": "date", "document": "variant", "double": "float"}
 LOAD_BATCH_ROWS = 1_000_000
 
 
@@ -75,6 +75,9 @@ class SnowflakeWarehouse:
         if self._staging is None:
             self._staging = duckdb.connect()  # in memory: rows are checked locally, then bulk-loaded
         return self._staging
+
+    def document_sql(self, struct_sql: str) -> str:
+        return f"to_json({struct_sql})"  # uploaded as text, made a VARIANT by parse_json on the way in
 
     def append_queries(self, staging: duckdb.DuckDBPyConnection, selects: dict[str, str]) -> dict[str, int]:
         from snowflake.connector.pandas_tools import write_pandas
