@@ -11,7 +11,7 @@ from postmodern.model.bundle import BundleError, ModelBundle, SessionRecommender
 from postmodern.model.dataset import SessionSplits, Vocabulary
 from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender, pad_batch
 from postmodern.model.train import TrainConfig, train_lstm, training_windows
-from postmodern.serving.registry import latest_bundle_dir, publish, resolve_model_dir
+from postmodern.serving.registry import bundle_version, latest_bundle_dir, publish, resolve_model_source
 
 N_ITEMS = SUITE_ITEMS
 
@@ -97,8 +97,9 @@ def test_registry_points_latest_at_the_newest_version(trained, tmp_path):
     for version in ("v1", "v2"):
         publish(make_bundle(result.model, splits.vocabulary, splits.train_counts, {"model_version": version}), registry)
     assert latest_bundle_dir(registry) == registry / "v2"
-    assert resolve_model_dir(None, registry) == registry / "v2"
-    assert resolve_model_dir(registry / "v1", registry) == registry / "v1"
+    assert resolve_model_source(None, registry).bundle_dir() == registry / "v2"
+    assert resolve_model_source(registry / "v1", registry).bundle_dir() == registry / "v1"
+    assert bundle_version(registry / "v1") == "v1"
     with pytest.raises(BundleError, match="already"):
         publish(make_bundle(result.model, splits.vocabulary, splits.train_counts, {"model_version": "v1"}), registry)
     assert not list(registry.glob(".*partial"))

@@ -51,15 +51,31 @@ def _load(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    import logging
+
+    import torch
     import uvicorn
 
     from postmodern.config import load_settings
-    from postmodern.serving.app import create_app
-    from postmodern.serving.registry import resolve_model_dir
+    from postmodern.serving.app import ServingConfig, create_app
+    from postmodern.serving.registry import bundle_version, resolve_model_source
 
-    model_dir = resolve_model_dir(args.model, load_settings().registry_dir)
-    print(f"serving {model_dir} on http://{args.host}:{args.port}")
-    uvicorn.run(create_app(model_dir), host=args.host, port=args.port, log_level="warning")
+    settings = load_settings()
+    source = resolve_model_source(args.model, settings.registry_dir)
+    version = bundle_version(source.bundle_dir())  # fails here, in one line, when there is no model yet
+    config = ServingConfig.from_settings(settings)
+    # One request's tensors are small: more threads per operation cost more in hand-offs than they save.
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    watching = f"every {config.reload_seconds:g} s, " if config.reload_seconds else ""
+    print(
+        f"serving {source} (model {version}) on http://{args.host}:{args.port}\n"
+        f"  API key: {'required in X-API-Key' if config.api_key else 'off (set SERVING_API_KEY to require one)'}\n"
+        f"  new bundles are picked up {watching}on SIGHUP and on POST /reload; docs at /docs",
+        flush=True,
+    )
+    uvicorn.run(create_app(source, config), host=args.host, port=args.port, log_level="warning")
 
 
 def _next_steps(args: argparse.Namespace) -> None:
@@ -148,12 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--quiet", action="store_true", help="no progress bar")
     load.set_defaults(run=_load)
 
-    serve = commands.add_parser("serve", help="serve the latest deployed model (SageMaker's /ping, /invocations)")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the latest deployed model (SageMaker's /ping, /invocations; limits and API key from .env)",
+    )
     serve.add_argument(
         "--model", type=Path, help="a bundle folder (default: /opt/ml/model, else the registry's latest)"
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080, as SageMaker expects)")
+    serve.add_argument(
+        "--threads", type=int, default=1, help="torch threads per ranking (default 1: lowest latency per request)"
+    )
     serve.set_defaults(run=_serve)
 
     next_steps = commands.add_parser("next-steps", help="print where the results are and what to type next")

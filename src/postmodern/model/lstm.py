@@ -47,8 +47,10 @@ class LSTMRecommender(nn.Module):
         return hidden
 
     def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.to_item_space(self.dropout(hidden)) @ self.item_embedding.weight.T + self.output_bias
-        logits[..., PADDING_ID] = float("-inf")
+        """[n, n_items] from [n, hidden]; one fused multiply-add, so one catalogue-sized tensor per call."""
+        projected = self.to_item_space(self.dropout(hidden))
+        logits = torch.addmm(self.output_bias, projected, self.item_embedding.weight.T)
+        logits[:, PADDING_ID] = float("-inf")
         return logits
 
     def forward(
@@ -62,8 +64,11 @@ class LSTMRecommender(nn.Module):
         return logits, loss
 
     def last_position_logits(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        hidden = self.hidden_states(items, lengths)
-        last = hidden[torch.arange(items.size(0)), lengths - 1]
+        """Next-item logits after each row's last item. The LSTM reads left to right, so the padding after
+        that item cannot change its state: the batch runs unpacked, which is faster for the short inputs
+        of ranking (packing pays off in training, where every position is scored)."""
+        output, _ = self.lstm(self.dropout(self.item_embedding(items)))
+        last = output[torch.arange(items.size(0)), lengths - 1]
         return self.item_logits(last)
 
 
@@ -88,16 +93,28 @@ class LSTMRanker:
         self.device = next(model.parameters()).device
 
     @torch.inference_mode()
-    def rank(self, prefixes: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k item ids and their softmax probabilities for each prefix: two [n, k] arrays."""
+    def rank(self, prefixes: list[np.ndarray], k: int, exclude_seen: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item ids and their softmax probabilities for each prefix: two [n, k] arrays.
+
+        With `exclude_seen`, the prefix's own items are not ranked; a row with fewer than k rankable
+        items ends with the padding id 0 (callers drop it). Each batch is one forward pass, and the
+        logits are the only catalogue-sized tensor: top-k is a partial selection, and the softmax
+        normaliser is summed in place after it.
+        """
         items_out, scores_out = [], []
         for start in range(0, len(prefixes), self.batch_size):
             items, lengths = pad_batch(prefixes[start : start + self.batch_size], self.model.config.max_length)
             items, lengths = items.to(self.device), lengths.to(self.device)
-            probabilities = torch.softmax(self.model.last_position_logits(items, lengths), dim=-1)
-            top = torch.topk(probabilities, k=min(k, probabilities.size(1) - 1), dim=-1)
-            items_out.append(top.indices.cpu().numpy())
-            scores_out.append(top.values.cpu().numpy())
+            logits = self.model.last_position_logits(items, lengths)
+            if exclude_seen:
+                logits.scatter_(1, items, float("-inf"))  # padding (id 0) is never ranked anyway
+            top_logits, top_items = torch.topk(logits, k=min(k, logits.size(1) - 1), dim=-1)
+            if exclude_seen:
+                top_items[top_logits == float("-inf")] = PADDING_ID
+            highest = top_logits[:, :1]
+            normaliser = logits.sub_(highest).exp_().sum(dim=-1, keepdim=True)
+            items_out.append(top_items.cpu().numpy())
+            scores_out.append((top_logits - highest).exp_().div_(normaliser).cpu().numpy())
         if not items_out:
             return np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=np.float32)
         return np.concatenate(items_out), np.concatenate(scores_out)
