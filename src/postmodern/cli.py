@@ -53,7 +53,6 @@ def _load(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     import logging
 
-    import torch
     import uvicorn
 
     from postmodern.config import load_settings
@@ -64,9 +63,6 @@ def _serve(args: argparse.Namespace) -> None:
     source = resolve_model_source(args.model, settings.registry_dir)
     version = bundle_version(source.bundle_dir())  # fails here, in one line, when there is no model yet
     config = ServingConfig.from_settings(settings)
-    # One request's tensors are small: more threads per operation cost more in hand-offs than they save.
-    torch.set_num_threads(args.threads)
-    torch.set_num_interop_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     watching = f"every {config.reload_seconds:g} s, " if config.reload_seconds else ""
     print(
@@ -173,9 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080, as SageMaker expects)")
-    serve.add_argument(
-        "--threads", type=int, default=1, help="torch threads per ranking (default 1: lowest latency per request)"
-    )
     serve.set_defaults(run=_serve)
 
     next_steps = commands.add_parser("next-steps", help="print where the results are and what to type next")
