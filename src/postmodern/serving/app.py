@@ -15,7 +15,6 @@ range). Each response names the model version that ranked it, so a hot swap is v
 
 import asyncio
 import hmac
-import json
 import signal
 import threading
 from contextlib import asynccontextmanager
@@ -27,6 +26,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import to_json  # a few times faster than json.dumps for these lists of floats
 
 from postmodern.config import Settings
 from postmodern.model.bundle import BundleError, Recommendation, SessionRecommender
@@ -270,7 +270,7 @@ def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig
             "unknown_skus": [r.unknown_skus for r in results],
             "fallback": [r.fallback for r in results],
         }
-        return Response(json.dumps(payload), media_type="application/json")
+        return Response(to_json(payload), media_type="application/json")
 
     @app.get(
         "/recommend",
@@ -305,7 +305,7 @@ def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig
             "unknown_skus": result.unknown_skus,
             "fallback": result.fallback,
         }
-        return Response(json.dumps(payload), media_type="application/json")
+        return Response(to_json(payload), media_type="application/json")
 
     @app.post(
         "/reload",

@@ -70,6 +70,15 @@ class RequestMetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._series: dict[tuple[str, str, str], tuple] = {}  # labelled children, looked up once each
+
+    def _record(self, route: str, method: str, status: str, seconds: float) -> None:
+        series = self._series.get((route, method, status))
+        if series is None:
+            series = self.metrics.requests.labels(route, method, status), self.metrics.latency.labels(route)
+            self._series[(route, method, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,8 +96,6 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
+            template = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
-            self.metrics.requests.labels(template, method, str(status)).inc()
-            self.metrics.latency.labels(template).observe(perf_counter() - started)
+            self._record(template, method, str(status), perf_counter() - started)
