@@ -124,7 +124,7 @@ class LSTMRanker:
         """[batch, hidden] LSTM state after each row's last item. Rows run longest first, and a row leaves
         the batch when its items end: no work is spent on padding (as packing does in torch)."""
         h = self.hidden_dim
-        order = np.argsort(-lengths, kind="stable")
+        order = (-lengths).argsort(kind="stable")
         items, lengths = items[order], lengths[order]
         real = np.arange(items.shape[1]) < lengths[:, None]
         input_gates = np.zeros((*items.shape, 4 * h), dtype=np.float32)
@@ -140,8 +140,9 @@ class LSTMRanker:
             cell = gates[:, h : 2 * h] * cell + gates[:, :h] * activated[:, 2 * h : 3 * h]
             hidden = gates[:, 3 * h :] * np.tanh(cell)
         last[: len(hidden)] = hidden
-        last[order] = last.copy()
-        return last
+        in_given_order = np.empty_like(last)
+        in_given_order[order] = last
+        return in_given_order
 
     def logits(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """[batch, n_items] next-item logits after each row's last item; padding is -inf."""
@@ -162,8 +163,8 @@ class LSTMRanker:
                 np.put_along_axis(logits, items, -np.inf, axis=1)
             top_k = min(k, logits.shape[1] - 1)
             rows = np.arange(len(logits))[:, None]
-            top_items = np.argpartition(logits, -top_k, axis=1)[:, -top_k:]
-            order = np.argsort(-logits[rows, top_items], axis=1, kind="stable")
+            top_items = logits.argpartition(-top_k, axis=1)[:, -top_k:]
+            order = (-logits[rows, top_items]).argsort(axis=1, kind="stable")
             top_items = top_items[rows, order]
             top_logits = logits[rows, top_items]
             if exclude_seen:
