@@ -1,10 +1,15 @@
 # The serving container: SageMaker's contract (GET /ping, POST /invocations on port 8080, the model in
-# /opt/ml/model). SageMaker starts it as `docker run <image> serve`.
+# /opt/ml/model). SageMaker starts it as `docker run <image> serve`; locally:
+#   docker build -t postmodern --build-arg PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu .
+#   docker run -p 8080:8080 -v "$PWD/data/registry/<version>:/opt/ml/model:ro" postmodern serve
 FROM python:3.11-slim
 
 # constraints.txt pins the CPU build of torch (2.13.0+cpu): pass PyTorch's CPU wheel index here.
+# SageMaker replaces the container to change the model: nothing to watch in /opt/ml/model.
 ARG PIP_EXTRA_INDEX_URL=""
-ENV PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL}
+ENV PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL} \
+    PYTHONUNBUFFERED=1 \
+    SERVING_RELOAD_SECONDS=0
 
 WORKDIR /opt/program
 COPY pyproject.toml constraints.txt README.md ./
@@ -14,5 +19,7 @@ RUN pip install --no-cache-dir -c constraints.txt . \
  && chmod +x /usr/local/bin/serve
 
 EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=3s \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/ping', timeout=2)"
 ENTRYPOINT []
 CMD ["serve"]

@@ -1,11 +1,10 @@
 """The cloud paths, tested without an account: dbt Cloud against a local server that answers like its
-v2 API, SageMaker against recording clients, Snowflake's and Comet's missing extras."""
+v2 API, Snowflake's and Comet's missing extras."""
 
 from __future__ import annotations
 
 import json
 import sys
-import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,7 +12,6 @@ from pathlib import Path
 import pytest
 from conftest import SNOWFLAKE_CREDENTIALS, make_settings
 
-from postmodern.serving.sagemaker import deploy_to_sagemaker, model_archive
 from postmodern.transform.dbt_cloud import DbtCloudClient, DbtCloudError
 from postmodern.transform.dbt_runner import DbtBuildError
 
@@ -147,70 +145,6 @@ def test_an_unreachable_dbt_cloud_is_a_clear_error(tmp_path):
     settings = dbt_cloud_settings(tmp_path, "http://127.0.0.1:9")
     with pytest.raises(DbtCloudError, match="unreachable"):
         DbtCloudClient(settings, timeout=2).run_job("cause")
-
-
-class Recorder:
-    def __init__(self, endpoints):
-        self.calls = []
-        self.endpoints = endpoints
-
-    def client(self, name):
-        recorder = self
-
-        class Client:
-            def __getattr__(self, method):
-                def call(*args, **kwargs):
-                    recorder.calls.append((name, method, args, kwargs))
-                    if method == "list_endpoints":
-                        return {"Endpoints": [{"EndpointName": e} for e in recorder.endpoints]}
-                    if method == "get_waiter":
-                        return Client()
-                    return {}
-
-                return call
-
-        return Client()
-
-
-def sagemaker_settings(tmp_path):
-    return make_settings(
-        tmp_path,
-        sagemaker_deploy=True,
-        sagemaker_role="arn:aws:iam::1:role/sm",
-        sagemaker_image="1.dkr.ecr/postmodern:1",
-        sagemaker_bucket="models",
-    )
-
-
-def bundle_dir(tmp_path):
-    directory = tmp_path / "bundle"
-    directory.mkdir()
-    for name in ("weights.pt", "config.json", "vocab.json", "popular.json", "metadata.json"):
-        (directory / name).write_text(name)
-    return directory
-
-
-def test_model_archive_has_the_bundle_files_at_its_root(tmp_path):
-    archive = model_archive(bundle_dir(tmp_path), tmp_path)
-    with tarfile.open(archive) as tar:
-        assert sorted(tar.getnames()) == ["config.json", "metadata.json", "popular.json", "vocab.json", "weights.pt"]
-
-
-@pytest.mark.parametrize(
-    ("existing", "expected"), [([], "create_endpoint"), (["post-modern-stack"], "update_endpoint")]
-)
-def test_sagemaker_deploy_creates_or_updates_and_never_deletes(tmp_path, existing, expected):
-    session = Recorder(existing)
-    name = deploy_to_sagemaker(bundle_dir(tmp_path), "v7", sagemaker_settings(tmp_path), boto_session=session)
-    assert name == "post-modern-stack"
-    methods = [method for _, method, _, _ in session.calls]
-    assert methods[:3] == ["upload_file", "create_model", "create_endpoint_config"]
-    assert expected in methods and not any("delete" in method for method in methods)
-    upload = session.calls[0]
-    assert upload[2][1:] == ("models", "post-modern-stack/v7/model.tar.gz")
-    model = next(kwargs for _, method, _, kwargs in session.calls if method == "create_model")
-    assert model["PrimaryContainer"]["ModelDataUrl"] == "s3://models/post-modern-stack/v7/model.tar.gz"
-    assert model["ExecutionRoleArn"] == "arn:aws:iam::1:role/sm"
 
 
 def test_snowflake_without_its_extra_says_how_to_install_it(tmp_path, monkeypatch):

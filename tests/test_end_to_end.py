@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from chromium import render
+from serving_support import ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 FLOW = REPO / "flows" / "recommender_flow.py"
@@ -41,12 +40,6 @@ print(json.dumps({
     "test_model_card_html": cards["test_model"][0],
 }))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run(command, workspace, env, timeout):
@@ -126,37 +119,18 @@ def test_flow_trains_tests_deploys_and_the_server_answers(tmp_path, tiny_data):
 
     bundle = registry / version
     known_sku = json.loads((bundle / "vocab.json").read_text())[0]
-    port = free_port()
-    server = subprocess.Popen(
-        [python, "-m", "postmodern.cli", "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    server = ServerProcess(tmp_path, env)
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, server.stdout.read().decode()
-            assert time.monotonic() < deadline, "server did not become ready in 60 s"
-            time.sleep(0.5)
         response = httpx.post(
-            f"{base}/invocations", content=json.dumps({"sessions": [[known_sku]], "k": 5}), timeout=10
+            f"{server.base_url}/invocations", content=json.dumps({"sessions": [[known_sku]], "k": 5}), timeout=10
         )
         assert response.status_code == 200
         body = response.json()
         assert body["model_version"] == version
         assert len(body["recommendations"][0]) == 5 and body["fallback"] == [False]
-        assert httpx.post(f"{base}/invocations", content=b"{nope", timeout=10).status_code == 422
+        assert httpx.post(f"{server.base_url}/invocations", content=b"{nope", timeout=10).status_code == 422
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        server.stop()
 
 
 @pytest.mark.e2e

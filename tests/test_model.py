@@ -9,9 +9,9 @@ from postmodern.evaluation.metrics import evaluate_ranker, next_item_cases
 from postmodern.model.baselines import PopularityRanker
 from postmodern.model.bundle import BundleError, ModelBundle, SessionRecommender, make_bundle
 from postmodern.model.dataset import SessionSplits, Vocabulary
-from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender, pad_batch
+from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender, pad_batch, padded_items
 from postmodern.model.train import TrainConfig, train_lstm, training_windows
-from postmodern.serving.registry import latest_bundle_dir, publish, resolve_model_dir
+from postmodern.serving.registry import bundle_version, latest_bundle_dir, publish, resolve_model_source
 
 N_ITEMS = SUITE_ITEMS
 
@@ -40,11 +40,40 @@ def test_lstm_learns_order_that_popularity_cannot_see(trained):
 
 def test_padding_and_batching_do_not_change_predictions(trained):
     _, result = trained
-    model = result.model
+    ranker = LSTMRanker(result.model)
     short, long = np.array([3, 4]), np.array([7, 8, 9, 10])
-    alone = model.last_position_logits(*pad_batch([short], 5))
-    together = model.last_position_logits(*pad_batch([long, short], 5))
-    torch.testing.assert_close(alone[0], together[1])
+    alone = ranker.logits(*padded_items([short], 5))
+    together = ranker.logits(*padded_items([long, short], 5))
+    np.testing.assert_allclose(alone[0], together[1], rtol=1e-5, atol=1e-5)
+
+
+def test_the_ranker_computes_what_the_trained_torch_model_computes(trained):
+    """The ranker runs the model's equations on NumPy; the torch model's own forward is the reference."""
+    _, result = trained
+    model = result.model.eval()
+    prefixes = [np.array([3, 4, 5]), np.array([9]), np.array([1, 2, 3, 4, 5, 6, 7, 8])]
+    items, lengths = pad_batch(prefixes, model.config.max_length)  # the model reads the latest 5 items
+    with torch.no_grad():
+        every_position, _ = model(items, lengths)
+    last_positions = torch.cumsum(lengths, 0) - 1
+    reference = every_position[last_positions].numpy()
+    ranker = LSTMRanker(model)
+    np.testing.assert_allclose(ranker.logits(*padded_items(prefixes, 5)), reference, rtol=1e-4, atol=1e-4)
+    ranked, scores = ranker.rank(prefixes, k=5)
+    assert (ranked == np.argsort(-reference, axis=1)[:, :5]).all()
+    expected = torch.softmax(torch.from_numpy(reference), dim=1).numpy()
+    np.testing.assert_allclose(scores, np.take_along_axis(expected, ranked, axis=1), rtol=1e-4, atol=1e-6)
+
+
+def test_exclude_seen_ranks_everything_but_the_prefix(trained):
+    _, result = trained
+    ranker = LSTMRanker(result.model)
+    prefix = np.array([5, 6, 7])
+    everything, _ = ranker.rank([prefix], k=N_ITEMS)
+    unseen, _ = ranker.rank([prefix], k=N_ITEMS, exclude_seen=True)
+    assert len(everything[0]) == N_ITEMS and 0 not in everything[0]
+    assert unseen[0][:-3].tolist() == [item for item in everything[0] if item not in (5, 6, 7)]
+    assert unseen[0][-3:].tolist() == [0, 0, 0]  # fewer rankable items than k: padded with id 0
 
 
 def test_long_sessions_keep_their_latest_items():
@@ -97,8 +126,9 @@ def test_registry_points_latest_at_the_newest_version(trained, tmp_path):
     for version in ("v1", "v2"):
         publish(make_bundle(result.model, splits.vocabulary, splits.train_counts, {"model_version": version}), registry)
     assert latest_bundle_dir(registry) == registry / "v2"
-    assert resolve_model_dir(None, registry) == registry / "v2"
-    assert resolve_model_dir(registry / "v1", registry) == registry / "v1"
+    assert resolve_model_source(None, registry).bundle_dir() == registry / "v2"
+    assert resolve_model_source(registry / "v1", registry).bundle_dir() == registry / "v1"
+    assert bundle_version(registry / "v1") == "v1"
     with pytest.raises(BundleError, match="already"):
         publish(make_bundle(result.model, splits.vocabulary, splits.train_counts, {"model_version": "v1"}), registry)
     assert not list(registry.glob(".*partial"))

@@ -51,15 +51,27 @@ def _load(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    import logging
+
     import uvicorn
 
     from postmodern.config import load_settings
-    from postmodern.serving.app import create_app
-    from postmodern.serving.registry import resolve_model_dir
+    from postmodern.serving.app import ServingConfig, create_app
+    from postmodern.serving.registry import bundle_version, resolve_model_source
 
-    model_dir = resolve_model_dir(args.model, load_settings().registry_dir)
-    print(f"serving {model_dir} on http://{args.host}:{args.port}")
-    uvicorn.run(create_app(model_dir), host=args.host, port=args.port, log_level="warning")
+    settings = load_settings()
+    source = resolve_model_source(args.model, settings.registry_dir)
+    version = bundle_version(source.bundle_dir())  # fails here, in one line, when there is no model yet
+    config = ServingConfig.from_settings(settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    watching = f"every {config.reload_seconds:g} s, " if config.reload_seconds else ""
+    print(
+        f"serving {source} (model {version}) on http://{args.host}:{args.port}\n"
+        f"  API key: {'required in X-API-Key' if config.api_key else 'off (set SERVING_API_KEY to require one)'}\n"
+        f"  new bundles are picked up {watching}on SIGHUP and on POST /reload; docs at /docs",
+        flush=True,
+    )
+    uvicorn.run(create_app(source, config), host=args.host, port=args.port, log_level="warning")
 
 
 def _next_steps(args: argparse.Namespace) -> None:
@@ -148,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--quiet", action="store_true", help="no progress bar")
     load.set_defaults(run=_load)
 
-    serve = commands.add_parser("serve", help="serve the latest deployed model (SageMaker's /ping, /invocations)")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the latest deployed model (SageMaker's /ping, /invocations; limits and API key from .env)",
+    )
     serve.add_argument(
         "--model", type=Path, help="a bundle folder (default: /opt/ml/model, else the registry's latest)"
     )

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     sagemaker_instance: str = "ml.m5.large"
     sagemaker_endpoint: str = "post-modern-stack"
     registry_dir: Path = Path("data/registry")
+    serving_api_key: SecretStr | None = None  # when set, ranking and reload requests need it in X-API-Key
+    serving_max_k: int = Field(default=100, ge=1)
+    serving_max_sessions: int = Field(default=256, ge=1)  # sessions in one request
+    serving_max_session_length: int = Field(default=500, ge=1)  # SKUs in one session
+    serving_max_body_bytes: int = Field(default=1_048_576, ge=1)
+    serving_reload_seconds: float = Field(default=2.0, ge=0)  # how often to look for a new bundle; 0: never
 
     @model_validator(mode="after")
     def _cloud_paths_are_complete(self) -> Settings:
@@ -134,6 +140,7 @@ class Settings(BaseSettings):
             "tracker": self.tracker,
             "dbt": "dbt Cloud" if self.dbt_cloud else "dbt core",
             "deploy": "SageMaker" if self.sagemaker_deploy else "local registry",
+            "serving_auth": "API key" if self.serving_api_key else "open",
             "compute": "AWS Batch" if self.en_batch else "local",
         }
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from postmodern.model.dataset import Vocabulary
+from postmodern.model.dataset import PADDING_ID, Vocabulary
 from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender
 
 BUNDLE_FORMAT_VERSION = 1
@@ -113,11 +113,17 @@ class SessionRecommender:
     def version(self) -> str:
         return self.bundle.version
 
-    def recommend(self, sessions: list[list[str]], k: int) -> list[Recommendation]:
-        """Top-k next SKUs for each session, ranked in one batch; unknown SKUs are ignored and reported."""
+    @property
+    def max_length(self) -> int:
+        """The most items a prediction reads: longer sessions keep their latest ones."""
+        return self.bundle.model_config.max_length
+
+    def recommend(self, sessions: list[list[str]], k: int, exclude_seen: bool = False) -> list[Recommendation]:
+        """Top-k next SKUs for each session, ranked in one batch; unknown SKUs are ignored and reported.
+        With `exclude_seen`, SKUs already in the session are not recommended again."""
         encoded = [self.vocabulary.encode(session) for session in sessions]
         known = [index for index, (items, _) in enumerate(encoded) if items]
-        ranked_items, ranked_scores = self.ranker.rank([np.asarray(encoded[i][0]) for i in known], k)
+        ranked_items, ranked_scores = self.ranker.rank([np.asarray(encoded[i][0]) for i in known], k, exclude_seen)
         by_session = {index: row for row, index in enumerate(known)}
         results = []
         for index, (_, unknown) in enumerate(encoded):
@@ -125,8 +131,8 @@ class SessionRecommender:
             if row is None:
                 results.append(Recommendation(self.bundle.popular[:k], unknown, fallback=True))
                 continue
-            skus = self.vocabulary.decode(ranked_items[row])
-            results.append(
-                Recommendation(list(zip(skus, ranked_scores[row].tolist(), strict=True)), unknown, fallback=False)
-            )
+            rankable = ranked_items[row] != PADDING_ID
+            skus = self.vocabulary.decode(ranked_items[row][rankable])
+            scores = ranked_scores[row][rankable].tolist()
+            results.append(Recommendation(list(zip(skus, scores, strict=True)), unknown, fallback=False))
         return results

@@ -1,84 +1,342 @@
-"""The real-time endpoint, on SageMaker's container contract: `GET /ping`, `POST /invocations`, port 8080."""
+"""The real-time endpoint, on SageMaker's container contract: `GET /ping`, `POST /invocations`, port 8080.
 
-from __future__ import annotations
+    GET  /ping, /health/ready   readiness: 200 once a model is loaded (with its version), else 503
+    GET  /health/live           liveness: 200 while the process answers, model or not
+    POST /invocations           a batch of sessions in, SKUs out (the SageMaker route)
+    GET  /recommend             one session from the query string, for a quick look
+    POST /reload                serve the newest bundle now (also: SIGHUP, and a poll every few seconds)
+    GET  /metrics               Prometheus metrics
+    GET  /openapi.json, /docs   the spec and its pages
 
+Bad input is always a 4xx that says what is wrong: 401 (API key), 413 (body over the limit, refused
+before it is parsed) or 422 (not UTF-8, not JSON, wrong types, too many or too long sessions, k out of
+range). Each response names the model version that ranked it, so a hot swap is visible to clients.
+"""
+
+import asyncio
+import hmac
+import signal
+import threading
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, ValidationError
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import to_json  # a few times faster than json.dumps for these lists of floats
 
-from postmodern.model.bundle import ModelBundle, SessionRecommender
+from postmodern.config import Settings
+from postmodern.model.bundle import BundleError, Recommendation, SessionRecommender
+from postmodern.serving.metrics import RequestMetricsMiddleware, ServingMetrics
+from postmodern.serving.registry import ModelSource
+from postmodern.serving.served_model import ServedModel
 
-MAX_K = 100
-MAX_SESSIONS_PER_REQUEST = 256
+API_KEY_HEADER = "X-API-Key"
+# Requests this small are ranked on the event loop: a thread hand-off would cost more than the ranking.
+INLINE_RANKING_MAX_SESSIONS = 8
 
 
-class InvocationRequest(BaseModel):
-    sessions: list[list[str]] = Field(
-        min_length=1,
-        max_length=MAX_SESSIONS_PER_REQUEST,
-        description="Sessions as lists of product SKUs, oldest first.",
-    )
-    k: int = Field(default=10, ge=1, le=MAX_K, description="How many recommendations per session.")
+@dataclass(frozen=True)
+class ServingConfig:
+    """What one request may ask for, how often to look for a new model, and the optional API key."""
+
+    max_k: int = 100
+    max_sessions: int = 256
+    max_session_length: int = 500
+    max_body_bytes: int = 1_048_576
+    reload_seconds: float = 2.0
+    api_key: SecretStr | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ServingConfig":
+        return cls(
+            max_k=settings.serving_max_k,
+            max_sessions=settings.serving_max_sessions,
+            max_session_length=settings.serving_max_session_length,
+            max_body_bytes=settings.serving_max_body_bytes,
+            reload_seconds=settings.serving_reload_seconds,
+            api_key=settings.serving_api_key,
+        )
+
+    @property
+    def default_k(self) -> int:
+        return min(10, self.max_k)
 
 
 class ScoredSku(BaseModel):
     sku: str
-    score: float
+    score: float = Field(description="Probability that this SKU comes next (its popularity share for the fallback).")
 
 
 class InvocationResponse(BaseModel):
-    model_version: str
-    recommendations: list[list[ScoredSku]]
+    model_version: str = Field(description="The model that ranked this response.")
+    recommendations: list[list[ScoredSku]] = Field(description="For each session, the top-k SKUs, best first.")
     unknown_skus: list[list[str]] = Field(description="SKUs of each session that the model does not know.")
     fallback: list[bool] = Field(description="True where no SKU was known and popular items were returned.")
 
 
-def create_app(model_dir: Path) -> FastAPI:
+class RecommendResponse(BaseModel):
+    model_version: str
+    recommendations: list[ScoredSku]
+    unknown_skus: list[str]
+    fallback: bool
+
+
+class Health(BaseModel):
+    status: str
+    model_version: str | None = None
+
+
+class Reloaded(BaseModel):
+    model_version: str
+    changed: bool = Field(description="False when the newest bundle was already being served.")
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class InputError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class InputProblem(BaseModel):
+    detail: list[InputError]
+
+
+def invocation_model(config: ServingConfig) -> type[BaseModel]:
+    """The request body, with this server's limits in its schema (and so in the OpenAPI spec)."""
+
+    class InvocationRequest(BaseModel):
+        model_config = ConfigDict(strict=True, extra="forbid")
+
+        sessions: list[Annotated[list[str], Field(max_length=config.max_session_length)]] = Field(
+            min_length=1,
+            max_length=config.max_sessions,
+            description="Sessions as lists of product SKUs, oldest first. Only the latest items the model "
+            "reads count; unknown SKUs are ignored and reported.",
+        )
+        k: int = Field(default=config.default_k, ge=1, le=config.max_k, description="Recommendations per session.")
+        exclude_seen: bool = Field(default=False, description="Do not recommend SKUs already in the session.")
+
+        @field_validator("k", mode="before")
+        @classmethod
+        def whole_numbers_are_integers(cls, k: object) -> object:
+            """JSON Schema counts 16.0 as an integer, and so do we; 16.5 and "16" stay errors."""
+            return int(k) if isinstance(k, float) and k.is_integer() else k
+
+    return InvocationRequest
+
+
+def input_problem(errors: list[dict], status_code: int = 422) -> HTTPException:
+    """The 422 of FastAPI's own validation, so every input error has one shape: loc, msg, type."""
+    return HTTPException(status_code, detail=[{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in errors])
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit`: from Content-Length before
+    anything is read, else while it streams in (chunked uploads). Starlette's `max_body_size` does the same
+    but answers in plain text or JSON depending on the case, and without the limit; this is one JSON shape."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"the body is {int(declared):,} bytes; the limit is {limit:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"the body exceeds the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_invocation(request_model: type[BaseModel], body: bytes) -> BaseModel:
+    try:
+        return request_model.model_validate_json(body)
+    except ValidationError as error:
+        errors = error.errors(include_url=False, include_input=False, include_context=False)
+        if errors[0]["type"] == "json_invalid":
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as bad_text:  # a clearer message than the JSON parser's
+                raise input_problem(
+                    [{"loc": ["body"], "msg": f"the body is not UTF-8 text: {bad_text}", "type": "utf8_invalid"}]
+                ) from None
+        raise input_problem([{**e, "loc": ["body", *e["loc"]]} for e in errors]) from None
+
+
+def scored(items: list[tuple[str, float]]) -> list[dict[str, object]]:
+    return [{"sku": sku, "score": score} for sku, score in items]
+
+
+def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig()) -> FastAPI:
+    """The app for one model source. The model loads at start-up; if it cannot, the app still starts
+    (live, not ready) and serves the first bundle that loads."""
+    metrics = ServingMetrics()
+    served = ServedModel(
+        source if isinstance(source, ModelSource) else ModelSource(Path(source)), on_reload=metrics.record_reload
+    )
+    request_model = invocation_model(config)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.recommender = SessionRecommender(ModelBundle.load(model_dir))
+        await run_in_threadpool(served.try_reload)
+        stop = threading.Event()
+        if config.reload_seconds > 0:
+            threading.Thread(
+                target=served.watch, args=(config.reload_seconds, stop), name="model-watch", daemon=True
+            ).start()
+        loop = asyncio.get_running_loop()
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        if on_main_thread:  # signals reach the main thread only (not so under a test client)
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, served.try_reload))
         yield
+        stop.set()
+        if on_main_thread:
+            loop.remove_signal_handler(signal.SIGHUP)
 
-    app = FastAPI(title="Post-Modern Stack recommender", version="1", lifespan=lifespan)
-    app.state.recommender = None
+    app = FastAPI(
+        title="Post-Modern Stack recommender",
+        version="1",
+        description=__doc__,
+        lifespan=lifespan,
+    )
+    app.state.served = served
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    auth = [Depends(api_key_check(config.api_key))] if config.api_key else []
+    auth_problem = {401: {"model": Problem, "description": f"Missing or wrong {API_KEY_HEADER}"}} if auth else {}
+    not_ready = {503: {"model": Problem, "description": "No model loaded yet"}}
+    malformed_http = {  # e.g. raw control characters in the query: refused by the HTTP server itself
+        400: {"description": "Not valid HTTP", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    }
 
-    @app.get("/ping", summary="Health check: 200 once a model is loaded")
-    def ping(request: Request) -> dict[str, str]:
-        recommender = request.app.state.recommender
+    def ready_recommender() -> SessionRecommender:
+        recommender = served.recommender  # read once: a swap during this request does not affect it
         if recommender is None:
-            raise HTTPException(status_code=503, detail="model not loaded")
-        return {"status": "ok", "model_version": recommender.version}
+            raise HTTPException(503, served.last_error or "the model is still loading")
+        return recommender
 
-    # The body is parsed as JSON whatever its content type: SageMaker clients and a bare `curl -d` may not
-    # send `application/json`. The schema is declared by hand so that OpenAPI stays true.
+    async def rank(
+        recommender: SessionRecommender, sessions: list[list[str]], k: int, exclude_seen: bool
+    ) -> list[Recommendation]:
+        if len(sessions) <= INLINE_RANKING_MAX_SESSIONS:
+            results = recommender.recommend(sessions, k, exclude_seen)
+        else:
+            results = await run_in_threadpool(recommender.recommend, sessions, k, exclude_seen)
+        fallbacks = sum(r.fallback for r in results)
+        metrics.record_sessions(len(results) - fallbacks, fallbacks, sum(len(r.unknown_skus) for r in results))
+        return results
+
+    def health() -> Health:
+        return Health(status="ready", model_version=ready_recommender().version)
+
+    app.get("/ping", summary="SageMaker's health check: ready to rank", responses=not_ready)(health)
+    app.get("/health/ready", summary="Readiness: a model is loaded", responses=not_ready)(health)
+
+    @app.get("/health/live", summary="Liveness: the process answers, with or without a model")
+    def live() -> Health:
+        return Health(status="alive", model_version=served.version)
+
     @app.post(
         "/invocations",
         response_model=InvocationResponse,
-        summary="Next-item recommendations",
+        summary="Next-item recommendations for a batch of sessions",
+        dependencies=auth,
+        responses={
+            **auth_problem,
+            413: {"model": Problem, "description": "Body over the size limit"},
+            422: {"model": InputProblem, "description": "Not UTF-8, not JSON, or not a valid request"},
+            **not_ready,
+        },
+        # The body is read by hand (size limit first, any content type: SageMaker clients and a bare
+        # `curl -d` may not send application/json), so its schema is declared here for the spec.
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": InvocationRequest.model_json_schema()}},
+                "content": {"application/json": {"schema": request_model.model_json_schema()}},
             }
         },
     )
-    async def invocations(request: Request) -> InvocationResponse:
+    async def invocations(request: Request) -> Response:
+        body = parse_invocation(request_model, await read_body(request, config.max_body_bytes))
+        recommender = ready_recommender()
+        results = await rank(recommender, body.sessions, body.k, body.exclude_seen)
+        payload = {
+            "model_version": recommender.version,
+            "recommendations": [scored(r.items) for r in results],
+            "unknown_skus": [r.unknown_skus for r in results],
+            "fallback": [r.fallback for r in results],
+        }
+        return Response(to_json(payload), media_type="application/json")
+
+    @app.get(
+        "/recommend",
+        response_model=RecommendResponse,
+        summary="Next-item recommendations for one session",
+        dependencies=auth,
+        responses={**auth_problem, **not_ready, **malformed_http},
+    )
+    async def recommend(
+        session: Annotated[
+            str, Query(description="Comma-separated SKUs, oldest first", max_length=config.max_body_bytes)
+        ] = "",
+        k: Annotated[int, Query(ge=1, le=config.max_k)] = config.default_k,
+        exclude_seen: bool = False,
+    ) -> Response:
+        skus = [sku for sku in (part.strip() for part in session.split(",")) if sku]
+        if len(skus) > config.max_session_length:
+            raise input_problem(
+                [
+                    {
+                        "loc": ["query", "session"],
+                        "msg": f"at most {config.max_session_length} SKUs, not {len(skus)}",
+                        "type": "too_long",
+                    }
+                ]
+            )
+        recommender = ready_recommender()
+        (result,) = await rank(recommender, [skus], k, exclude_seen)
+        payload = {
+            "model_version": recommender.version,
+            "recommendations": scored(result.items),
+            "unknown_skus": result.unknown_skus,
+            "fallback": result.fallback,
+        }
+        return Response(to_json(payload), media_type="application/json")
+
+    @app.post(
+        "/reload",
+        summary="Serve the newest bundle of the model source now",
+        dependencies=auth,
+        responses={**auth_problem, 409: {"model": Problem, "description": "The bundle could not be loaded"}},
+    )
+    async def reload() -> Reloaded:
         try:
-            body = InvocationRequest.model_validate_json(await request.body())
-        except ValidationError as error:
-            raise HTTPException(
-                status_code=422, detail=error.errors(include_url=False, include_input=False, include_context=False)
-            ) from None
-        recommender: SessionRecommender = request.app.state.recommender
-        results = await run_in_threadpool(recommender.recommend, body.sessions, body.k)
-        return InvocationResponse(
-            model_version=recommender.version,
-            recommendations=[[ScoredSku(sku=sku, score=score) for sku, score in r.items] for r in results],
-            unknown_skus=[r.unknown_skus for r in results],
-            fallback=[r.fallback for r in results],
-        )
+            changed = await run_in_threadpool(served.reload)
+        except BundleError as error:
+            still = f"; still serving {served.version}" if served.version else ""
+            raise HTTPException(409, f"{error}{still}") from None
+        return Reloaded(model_version=served.version, changed=changed)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=metrics.content_type)
 
     return app
+
+
+def api_key_check(expected: SecretStr):
+    """A dependency that lets through only requests carrying the key. The key is compared in constant
+    time and never echoed or logged."""
+    header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="The key in SERVING_API_KEY")
+    secret = expected.get_secret_value().encode()
+
+    def check(key: Annotated[str | None, Depends(header)]) -> None:
+        if key is None or not hmac.compare_digest(key.encode(), secret):
+            raise HTTPException(401, f"missing or wrong API key (send it in the {API_KEY_HEADER} header)")
+
+    return check

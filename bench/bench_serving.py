@@ -1,0 +1,237 @@
+"""Serving under load: the real `postmodern serve` on 127.0.0.1, driven at a constant rate by wrk.
+
+    .venv/bin/python bench/bench_serving.py                     # 1,000 requests/s for 30 s, then the highest rate
+    .venv/bin/python bench/bench_serving.py --scale 0.2         # a quick look (shorter runs)
+    .venv/bin/python bench/bench_serving.py --workdir /tmp/sb   # keep the data and model for the next run
+
+What it serves and sends: data generated as `make run` does (profile `small`, or `--profile coveo-full
+--sessions N` for the full 66k-product catalogue), loaded and built by dbt, split by time; an LSTM of the
+flow's default size trained for one epoch (latency depends on the sizes, not on the weights); and requests
+made of the test set's sessions as a shopper's browser would send them mid-session: the SKUs seen so far
+(unknown ones included), one session per request, k = 20.
+
+The load generator is Debian's `wrk` with `wrk_paced.lua`: one connection per thread, each sending on a
+fixed schedule, latency counted from when a request was due (see the script: wrk alone is closed-loop and
+would hide queueing). First `--rate` for `--seconds`, then rising rates for a shorter time each, up to the
+first that misses p99 < 50 ms, has an error, or falls 5% behind its schedule (or, if `--rate` already
+misses, falling rates down to the first that holds): the highest rate that held is the maximum sustainable
+rate. wrk and the server share this machine's two cores.
+
+The last line printed is one JSON object with the figures and the targets of issue #7 (p99 < 10 ms at
+1,000 requests/s with no error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from postmodern.config import load_settings
+from postmodern.data.generator import PROFILES
+
+CONNECTIONS = 16
+MAX_RATE_P99_MS = 50
+TARGET_P99_MS = 10
+RATE_STEPS = (1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000)
+LOWER_RATES = (750, 500, 250, 100)
+LUA = Path(__file__).with_name("wrk_paced.lua")
+
+
+def prepare_model_and_requests(workdir: Path, profile: str, sessions: int | None, n_requests: int) -> dict:
+    """Generate, load, build, split, train one epoch, publish; write the request bodies. Reused when done."""
+    summary_path = workdir / "prepared.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    from postmodern.model.bundle import make_bundle
+    from postmodern.model.dataset import prepare_splits, read_session_mart
+    from postmodern.model.lstm import LSTMConfig
+    from postmodern.model.train import TrainConfig, train_lstm
+    from postmodern.serving.registry import publish
+    from postmodern.transform.dbt_runner import run_dbt_build
+    from postmodern.warehouse import connect
+
+    cli = [sys.executable, "-m", "postmodern.cli"]
+    generate = [*cli, "generate", "--profile", profile, "--output", str(workdir / "coveo"), "--quiet"]
+    subprocess.run(generate + (["--sessions", str(sessions)] if sessions else []), check=True)
+    subprocess.run([*cli, "load", "--path", str(workdir / "coveo"), "--quiet"], check=True, env=bench_env(workdir))
+    settings = load_settings(_env_file=None, duckdb_path=workdir / "warehouse.duckdb", data_dir=workdir)
+    build = run_dbt_build(settings)
+    assert not build.failed_tests, build.failed_tests
+    warehouse = connect(settings)  # dbt ran in this process: DuckDB wants the same connection settings
+    mart = read_session_mart(warehouse, settings.application_api_key)
+    warehouse.close()
+    splits = prepare_splits(mart)
+    model_config = LSTMConfig(splits.vocabulary.size_with_padding)
+    result = train_lstm(splits, model_config, TrainConfig(epochs=1), progress=False)
+    bundle = make_bundle(result.model, splits.vocabulary, splits.train_counts, {"model_version": "bench"})
+    publish(bundle, workdir / "registry")
+
+    # The test period's sessions as the shop sent them (repeats and SKUs unknown to the model included).
+    starts = mart.column("session_start_at").to_numpy()
+    test_from = np.datetime64(splits.boundaries["test_from"])
+    test_sessions = [
+        skus
+        for skus, start in zip(mart.column("interactions").to_pylist(), starts, strict=True)
+        if start >= test_from and len(skus) >= 2
+    ]
+    rng = random.Random(0)
+    with (workdir / "bodies.jsonl").open("w") as bodies:
+        for _ in range(n_requests):
+            skus = rng.choice(test_sessions)
+            seen = skus[: rng.randint(1, len(skus) - 1)]
+            bodies.write(json.dumps({"sessions": [seen], "k": 20}) + "\n")
+    summary = {
+        "profile": profile,
+        "catalogue_items": len(splits.vocabulary),
+        "test_sessions": len(test_sessions),
+        "model": {"embedding_dim": model_config.embedding_dim, "hidden_dim": model_config.hidden_dim},
+    }
+    summary_path.write_text(json.dumps(summary))
+    return summary
+
+
+def bench_env(workdir: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DUCKDB_PATH": str(workdir / "warehouse.duckdb"),
+        "DATA_DIR": str(workdir),
+        "REGISTRY_DIR": str(workdir / "registry"),
+        "MAX_SESSIONS": "",
+        "SERVING_API_KEY": "",
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(workdir: Path, port: int) -> subprocess.Popen:
+    log = (workdir / "server.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "postmodern.cli", "serve", "--port", str(port)],
+        env=bench_env(workdir),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            time.sleep(0.2)
+    server.kill()
+    raise SystemExit(f"the server did not start: see {workdir / 'server.log'}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def paced_run(port: int, bodies: Path, rate: int, seconds: float) -> dict:
+    """One wrk run at `rate` requests/s; its JSON line, plus the achieved rate and an error count."""
+    command = [
+        "wrk", "-t", str(CONNECTIONS), "-c", str(CONNECTIONS), "-d", f"{seconds:g}s", "--timeout", "2s",
+        "-s", str(LUA), f"http://127.0.0.1:{port}", "--", str(bodies), str(rate), str(CONNECTIONS),
+    ]  # fmt: skip
+    output = subprocess.run(command, check=True, capture_output=True, text=True, timeout=seconds + 60).stdout
+    figures = json.loads(output.strip().splitlines()[-1])
+    figures["rate"] = rate
+    figures["achieved_rps"] = round(figures["responses"] / figures["duration_s"], 1)
+    figures["errors"] = figures.pop("non_2xx") + figures.pop("socket_errors") + figures.pop("timeouts")
+    return figures
+
+
+def sustained(figures: dict) -> bool:
+    on_schedule = figures["achieved_rps"] >= 0.95 * figures["rate"]
+    return figures["errors"] == 0 and figures["p99_ms"] < MAX_RATE_P99_MS and on_schedule
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=int, default=1000, help="requests per second of the main run (default 1000)")
+    parser.add_argument("--seconds", type=float, default=30, help="length of the main run (default 30)")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=float(os.environ.get("BENCH_SCALE", "1.0")),
+        help="shortens every run by this factor (default 1.0, or BENCH_SCALE)",
+    )
+    parser.add_argument("--profile", default="small", choices=sorted(PROFILES), help="generated data (default small)")
+    parser.add_argument("--sessions", type=int, help="override the profile's number of sessions")
+    parser.add_argument("--workdir", type=Path, help="keep data, model and request bodies here (default: temporary)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("this benchmark needs wrk: apt-get install wrk")
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = None
+    try:
+        prepared = prepare_model_and_requests(workdir, args.profile, args.sessions, n_requests=20_000)
+        print(f"serving {prepared}", flush=True)
+        port = free_port()
+        server = start_server(workdir, port)
+        bodies = workdir / "bodies.jsonl"
+        paced_run(port, bodies, args.rate, max(2.0, 5 * args.scale))  # warm-up, not reported
+        cpu_before = cpu_seconds(server.pid)
+        main_run = paced_run(port, bodies, args.rate, max(5.0, args.seconds * args.scale))
+        main_run["server_cpu_ms_per_request"] = round(
+            1000 * (cpu_seconds(server.pid) - cpu_before) / max(main_run["responses"], 1), 3
+        )
+        print(f"at {args.rate}/s: {main_run}", flush=True)
+        # Up from the main rate while each step holds, or down from it until one does.
+        held = sustained(main_run)
+        ladder = [r for r in RATE_STEPS if r > args.rate] if held else [r for r in LOWER_RATES if r < args.rate]
+        steps = []
+        for rate in ladder:
+            steps.append(paced_run(port, bodies, rate, max(3.0, 10 * args.scale)))
+            print(f"at {rate}/s: {steps[-1]}", flush=True)
+            if sustained(steps[-1]) != held:
+                break
+        passed = [step["rate"] for step in steps if sustained(step)] + ([args.rate] if held else [])
+        max_rate = max(passed) if passed else None
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=15)
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(
+        json.dumps(
+            {
+                "bench": "serving",
+                **prepared,
+                "load_generator": f"wrk, {CONNECTIONS} connections, constant rate (wrk_paced.lua)",
+                "rate_rps": args.rate,
+                **{key: main_run[key] for key in ("duration_s", "responses", "achieved_rps", "errors")},
+                **{key: main_run[key] for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms")},
+                "service_p99_ms": main_run["service_p99_ms"],
+                "server_cpu_ms_per_request": main_run["server_cpu_ms_per_request"],
+                "max_sustainable_rps": max_rate,
+                "rate_steps": [{k: s[k] for k in ("rate", "achieved_rps", "p99_ms", "errors")} for s in steps],
+                "targets": {"p99_ms_at_1000_rps": TARGET_P99_MS, "errors": 0, "max_rate_p99_ms": MAX_RATE_P99_MS},
+                "met_target": main_run["p99_ms"] < TARGET_P99_MS and main_run["errors"] == 0,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Prometheus metrics of the endpoint: requests, latency, the model served, reloads, fallbacks.
+
+Each app has its own collector registry, so two apps in one process (tests) never mix their counts.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Fine below 10 ms, where a healthy endpoint answers, coarse above.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ServingMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "postmodern_requests",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "postmodern_request_duration_seconds",
+            "Time to answer a request, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.model = Info("postmodern_model", "The model version being served.", registry=self.registry)
+        self.ready = Gauge("postmodern_ready", "1 while a model is loaded and served.", registry=self.registry)
+        self.reloads = Counter(
+            "postmodern_model_reloads", "Attempts to load a model, by outcome.", ["outcome"], registry=self.registry
+        )
+        self.sessions = Counter(
+            "postmodern_sessions",
+            "Sessions ranked, by the model or by the popularity fallback.",
+            ["ranked_by"],
+            registry=self.registry,
+        )
+        self.unknown_skus = Counter("postmodern_unknown_skus", "SKUs the model did not know.", registry=self.registry)
+
+    def record_reload(self, outcome: str, version: str | None) -> None:
+        self.reloads.labels(outcome).inc()
+        if version is not None:
+            self.model.info({"version": version})
+            self.ready.set(1)
+
+    def record_sessions(self, ranked_by_model: int, fallbacks: int, unknown_skus: int) -> None:
+        if ranked_by_model:
+            self.sessions.labels("model").inc(ranked_by_model)
+        if fallbacks:
+            self.sessions.labels("fallback").inc(fallbacks)
+        if unknown_skus:
+            self.unknown_skus.inc(unknown_skus)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestMetricsMiddleware:
+    """Counts and times every HTTP request by its route template (never the raw path: bounded labels)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self._series: dict[tuple[str, str, str], tuple] = {}  # labelled children, looked up once each
+
+    def _record(self, route: str, method: str, status: str, seconds: float) -> None:
+        series = self._series.get((route, method, status))
+        if series is None:
+            series = self.metrics.requests.labels(route, method, status), self.metrics.latency.labels(route)
+            self._series[(route, method, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            template = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+            self._record(template, method, str(status), perf_counter() - started)

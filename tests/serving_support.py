@@ -1,0 +1,73 @@
+"""Small model bundles and a real `postmodern serve` process on loopback, for the serving tests."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from postmodern.model.bundle import ModelBundle, make_bundle
+from postmodern.model.dataset import Vocabulary
+from postmodern.model.lstm import LSTMConfig, LSTMRecommender
+from postmodern.serving.registry import publish
+
+
+def small_bundle(version: str, skus: list[str], max_length: int = 20, seed: int = 0) -> ModelBundle:
+    """An untrained LSTM over `skus`; popularity rises with the position in `skus`."""
+    torch.manual_seed(seed)
+    model = LSTMRecommender(LSTMConfig(n_items=len(skus) + 1, embedding_dim=8, hidden_dim=8, max_length=max_length))
+    return make_bundle(model, Vocabulary(skus), np.arange(len(skus) + 1), {"model_version": version})
+
+
+def publish_small_bundle(registry: Path, version: str, skus: list[str]) -> Path:
+    return publish(small_bundle(version, skus), registry)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m postmodern.cli serve` on 127.0.0.1 and a free port, with exactly `env`, its output in a file."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], *args: str):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"server-{self.port}.log"
+        command = [sys.executable, "-m", "postmodern.cli", "serve", "--port", str(self.port), *args]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.wait_until_ready()
+
+    def wait_until_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(f"{self.base_url}/ping", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"the server did not become ready:\n{self.output()}")
+            time.sleep(0.2)
+
+    def signal(self, signum: int = signal.SIGHUP) -> None:
+        self.process.send_signal(signum)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=15)

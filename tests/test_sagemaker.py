@@ -1,0 +1,196 @@
+"""The SageMaker deploy path without an account: a fake boto3 session that answers like S3 and SageMaker
+(endpoint states included) and records every call, so the tests see exactly what would be asked of AWS."""
+
+from __future__ import annotations
+
+import re
+import tarfile
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError, WaiterError
+from conftest import make_settings
+from serving_support import small_bundle
+
+from postmodern.serving.deploy import deploy_bundle
+from postmodern.serving.sagemaker import SageMakerDeployError, deploy_to_sagemaker, model_archive, resource_name
+
+BUNDLE_FILES = ["config.json", "metadata.json", "popular.json", "vocab.json", "weights.pt"]
+
+
+class FakeAws:
+    """boto3.session.Session for S3 and SageMaker: endpoints by name with their status, every call kept."""
+
+    def __init__(self, endpoints: dict[str, str] | None = None, fails_with: str | None = None):
+        self.endpoints = dict(endpoints or {})
+        self.fails_with = fails_with  # the FailureReason of an endpoint that never comes into service
+        self.calls: list[tuple[str, str, dict]] = []
+        self.uploaded: dict[str, list[str]] = {}
+
+    def client(self, service: str):
+        return FakeClient(self, service)
+
+    def methods(self) -> list[str]:
+        return [method for _, method, _ in self.calls]
+
+    def call(self, method: str) -> dict:
+        return next(kwargs for _, name, kwargs in self.calls if name == method)
+
+    # answers, by method name
+    def upload_file(self, path, bucket, key):
+        with tarfile.open(path) as tar:
+            self.uploaded[f"s3://{bucket}/{key}"] = sorted(tar.getnames())
+
+    def describe_endpoint(self, EndpointName):
+        if EndpointName not in self.endpoints:
+            error = {"Error": {"Code": "ValidationException", "Message": f'Could not find endpoint "{EndpointName}"'}}
+            raise ClientError(error, "DescribeEndpoint")
+        status = self.endpoints[EndpointName]
+        return {"EndpointStatus": status, **({"FailureReason": self.fails_with} if status == "Failed" else {})}
+
+    def create_endpoint(self, EndpointName, EndpointConfigName, Tags):
+        self.endpoints[EndpointName] = "Creating"
+
+    def update_endpoint(self, EndpointName, EndpointConfigName):
+        if self.endpoints[EndpointName] != "InService":
+            raise ClientError({"Error": {"Code": "ValidationException"}}, "UpdateEndpoint")
+        self.endpoints[EndpointName] = "Updating"
+
+    def get_waiter(self, name):
+        aws = self
+
+        class Waiter:
+            def wait(self, EndpointName, WaiterConfig):
+                if aws.fails_with:
+                    aws.endpoints[EndpointName] = "Failed"
+                    raise WaiterError(name, "Waiter encountered a terminal failure state", {})
+                aws.endpoints[EndpointName] = "InService"
+
+        return Waiter()
+
+
+class FakeClient:
+    def __init__(self, aws: FakeAws, service: str):
+        self.aws, self.service = aws, service
+
+    def __getattr__(self, method):
+        def call(*args, **kwargs):
+            self.aws.calls.append((self.service, method, kwargs))
+            answer = getattr(self.aws, method, None)
+            return answer(*args, **kwargs) if answer else {}
+
+        return call
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return make_settings(
+        tmp_path,
+        sagemaker_deploy=True,
+        sagemaker_role="arn:aws:iam::1:role/sm",
+        sagemaker_image="1.dkr.ecr/postmodern:1",
+        sagemaker_bucket="models",
+    )
+
+
+@pytest.fixture
+def bundle_dir(tmp_path):
+    return small_bundle("v7", ["a", "b", "c"]).save(tmp_path / "bundle")
+
+
+def test_model_archive_has_the_bundle_files_at_its_root(bundle_dir, tmp_path):
+    with tarfile.open(model_archive(bundle_dir, tmp_path)) as tar:
+        assert sorted(tar.getnames()) == BUNDLE_FILES
+
+
+def test_a_first_deploy_uploads_the_bundle_and_creates_the_endpoint(bundle_dir, settings):
+    aws = FakeAws()
+    assert deploy_to_sagemaker(bundle_dir, "v7", settings, boto_session=aws) == "post-modern-stack"
+    assert aws.uploaded == {"s3://models/post-modern-stack/v7/model.tar.gz": BUNDLE_FILES}
+    assert aws.methods() == [
+        "upload_file",
+        "create_model",
+        "create_endpoint_config",
+        "describe_endpoint",
+        "create_endpoint",
+        "get_waiter",
+    ]
+    model = aws.call("create_model")
+    assert model["ModelName"] == "post-modern-stack-v7"
+    assert model["PrimaryContainer"] == {
+        "Image": "1.dkr.ecr/postmodern:1",
+        "ModelDataUrl": "s3://models/post-modern-stack/v7/model.tar.gz",
+    }
+    assert model["ExecutionRoleArn"] == "arn:aws:iam::1:role/sm"
+    variant = aws.call("create_endpoint_config")["ProductionVariants"][0]
+    assert variant["ModelName"] == "post-modern-stack-v7" and variant["InstanceType"] == "ml.m5.large"
+    assert aws.endpoints == {"post-modern-stack": "InService"}
+
+
+def test_a_later_deploy_updates_the_endpoint_in_place_and_deletes_nothing(bundle_dir, settings):
+    aws = FakeAws({"post-modern-stack": "InService"})
+    deploy_to_sagemaker(bundle_dir, "v8", settings, boto_session=aws)
+    assert aws.call("update_endpoint") == {
+        "EndpointName": "post-modern-stack",
+        "EndpointConfigName": "post-modern-stack-v8",
+    }
+    assert "create_endpoint" not in aws.methods()
+    assert not [method for method in aws.methods() if "delete" in method]
+
+
+def test_an_endpoint_still_updating_is_waited_for_before_the_next_update(bundle_dir, settings):
+    aws = FakeAws({"post-modern-stack": "Updating"})
+    deploy_to_sagemaker(bundle_dir, "v9", settings, boto_session=aws)
+    methods = aws.methods()
+    assert methods.index("get_waiter") < methods.index("update_endpoint")
+    assert aws.endpoints["post-modern-stack"] == "InService"
+
+
+def test_an_endpoint_that_does_not_come_into_service_fails_with_sagemaker_reason(bundle_dir, settings):
+    aws = FakeAws(fails_with="the container did not answer /ping")
+    with pytest.raises(SageMakerDeployError, match="not in service: the container did not answer /ping"):
+        deploy_to_sagemaker(bundle_dir, "v7", settings, boto_session=aws)
+    assert not [method for method in aws.methods() if "delete" in method]
+
+
+def test_a_failed_endpoint_is_left_to_the_user_with_the_command_to_delete_it(bundle_dir, settings):
+    aws = FakeAws({"post-modern-stack": "Failed"}, fails_with="out of capacity")
+    with pytest.raises(SageMakerDeployError, match="out of capacity.*delete-endpoint --endpoint-name post-modern"):
+        deploy_to_sagemaker(bundle_dir, "v7", settings, boto_session=aws)
+    assert not [method for method in aws.methods() if "delete" in method or "update" in method]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "version"),
+    [
+        ("post-modern-stack", "20250101T120000-1712345678901234"),
+        ("a-very-long-endpoint-name-that-fills-most-of-the-sixty-three-characters", "20250101T120000-17"),
+        ("shop", "argo/run_7 (retry)"),
+    ],
+)
+def test_resource_names_fit_sagemaker_rules_and_keep_the_version(endpoint, version):
+    name = resource_name(endpoint, version)
+    assert len(name) <= 63 and re.fullmatch(r"[A-Za-z0-9](-*[A-Za-z0-9])*", name)
+    assert name.endswith(re.sub(r"[^A-Za-z0-9-]+", "-", version).strip("-"))
+    assert resource_name(endpoint, version + "1") != name
+
+
+def test_the_flow_deploy_step_takes_the_sagemaker_path_when_asked(settings, monkeypatch):
+    import boto3
+
+    aws = FakeAws()
+    monkeypatch.setattr(boto3.session, "Session", lambda: aws)
+    assert deploy_bundle(small_bundle("v10", ["a", "b"]), settings) == "SageMaker endpoint post-modern-stack"
+    assert list(aws.uploaded) == ["s3://models/post-modern-stack/v10/model.tar.gz"]
+    assert not (settings.registry_dir / "LATEST").exists()  # not the local registry
+
+
+def test_the_container_serves_the_contract_from_opt_ml_model():
+    """The Dockerfile's `serve` command is a valid `postmodern serve` on SageMaker's port and model folder."""
+    from postmodern.cli import build_parser
+
+    dockerfile = (Path(__file__).parents[1] / "Dockerfile").read_text()
+    command = re.search(r"exec (postmodern serve [^\\]+)\\n", dockerfile).group(1).split()
+    args = build_parser().parse_args(command[1:])
+    assert (args.command, args.host, args.port, str(args.model)) == ("serve", "0.0.0.0", 8080, "/opt/ml/model")
+    assert "EXPOSE 8080" in dockerfile and 'CMD ["serve"]' in dockerfile
