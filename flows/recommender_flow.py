@@ -1,9 +1,13 @@
-"""The Post-Modern Stack, end to end: dbt turns the raw log into sessions, an LSTM learns to predict the
-next product, a behavioural suite tests it beside the baselines and the deployed model on the same cases,
-and the model is deployed only when it passes the gate.
+"""The Post-Modern Stack, end to end: dbt turns the raw log into sessions, LSTMs with different
+hyper-parameters learn to predict the next product in parallel, the best on validation goes through a
+behavioural suite beside the baselines and the deployed model on the same cases, and is deployed only when
+it passes the gate.
 
     python flows/recommender_flow.py run
+    python flows/recommender_flow.py run --search_size 8 --max-workers 4
+    python flows/recommender_flow.py run --search_space '{"embedding_dim": [64, 128], "loss": ["sampled"]}'
     python flows/recommender_flow.py card view run_transformation --id dbt
+    python flows/recommender_flow.py card view select_model --id tuning
     python flows/recommender_flow.py card view test_model --id evaluation
     python flows/recommender_flow.py card get test_model --id evaluation evaluation.html   # no browser here
 
@@ -21,7 +25,7 @@ from datetime import UTC, datetime
 if not any(os.environ.get(name, "root") != "root" for name in ("METAFLOW_USER", "SUDO_USER", "USERNAME", "USER")):
     os.environ["USERNAME"] = "postmodern"
 
-from metaflow import FlowSpec, Parameter, batch, card, current, step
+from metaflow import FlowSpec, JSONType, Parameter, batch, card, current, step
 
 from postmodern.compute import enable_decorator
 from postmodern.config import ConfigError, load_settings
@@ -37,9 +41,18 @@ class RecommenderFlow(FlowSpec):
 
     start_date = Parameter("start_date", default="", help="First session date to read (YYYY-MM-DD; empty: all).")
     end_date = Parameter("end_date", default="", help="Last session date to read (YYYY-MM-DD; empty: all).")
-    epochs = Parameter("epochs", default=12, type=int, help="Most training epochs (early stopping may end sooner).")
-    embedding_dim = Parameter("embedding_dim", default=64, type=int, help="Item embedding size.")
-    hidden_dim = Parameter("hidden_dim", default=128, type=int, help="LSTM hidden size.")
+    epochs = Parameter("epochs", default=8, type=int, help="Most training epochs (early stopping may end sooner).")
+    search_size = Parameter(
+        "search_size", default=2, type=int, help="Hyper-parameter candidates to train, each in its own task (0: all)."
+    )
+    search = Parameter("search", default="random", help="random: a seeded sample of the space; grid: it in order.")
+    search_space = Parameter(
+        "search_space",
+        type=JSONType,
+        default="{}",
+        help="Values to try per hyper-parameter, over the defaults, e.g. '{\"embedding_dim\": [32, 64]}'.",
+    )
+    seed = Parameter("seed", default=0, type=int, help="Seed of the search sample and of training.")
     k = Parameter("k", default=20, type=int, help="Cut-off of the ranking metrics (HR@k, MRR@k).")
     gate_margin = Parameter(
         "gate_margin",
@@ -99,25 +112,33 @@ class RecommenderFlow(FlowSpec):
 
     @step
     def prepare_dataset(self):
-        """Time-based train/validation/test split and the SKU vocabulary."""
+        """Time-based train/validation/test split, the SKU vocabulary, and the candidates to train."""
         from postmodern.model.dataset import prepare_splits
+        from postmodern.model.search import search_candidates, search_space
+        from postmodern.tracking import prepare_tracking
 
         self.splits = prepare_splits(self.sessions)
+        self.candidates = search_candidates(search_space(self.search_space), self.search_size, self.search, self.seed)
+        prepare_tracking(SETTINGS)
         print(self.splits.stats())
-        self.next(self.train_model)
+        print(f"{len(self.candidates)} candidate(s): {self.candidates}")
+        self.next(self.train_model, foreach="candidates")
 
     @enable_decorator(batch(gpu=1, memory=24000), flag=SETTINGS.en_batch)
     @step
     def train_model(self):
-        """Train the LSTM with early stopping; parameters and per-epoch metrics go to the tracker."""
-        from postmodern.model.lstm import LSTMConfig
-        from postmodern.model.train import TrainConfig, train_lstm
+        """Train one candidate with early stopping; its parameters and per-epoch metrics go to the tracker."""
+        from postmodern.model.search import candidate_configs
+        from postmodern.model.train import TrainConfig, available_cores, train_lstm
         from postmodern.tracking import tracked_run
 
-        model_config = LSTMConfig(self.splits.vocabulary.size_with_padding, self.embedding_dim, self.hidden_dim)
-        train_config = TrainConfig(epochs=self.epochs)
+        # candidates sharing this machine share its cores; on AWS Batch each task has its own
+        threads = None if SETTINGS.en_batch else max(1, available_cores() // len(self.candidates))
+        base = TrainConfig(epochs=self.epochs, seed=self.seed, num_threads=threads)
+        self.candidate = self.input
+        model_config, train_config = candidate_configs(self.candidate, self.splits.vocabulary.size_with_padding, base)
         tags = {"metaflow_pathspec": current.pathspec, "metaflow_run_id": current.run_id}
-        with tracked_run(SETTINGS, f"lstm-{current.run_id}", tags) as tracker:
+        with tracked_run(SETTINGS, f"lstm-{current.run_id}-{self.index}", tags) as tracker:
             tracker.log_params({**asdict(model_config), **asdict(train_config), **self.splits.stats()})
             result = train_lstm(
                 self.splits,
@@ -128,21 +149,46 @@ class RecommenderFlow(FlowSpec):
             self.tracking_run_id = tracker.run_id
         self.model = result.model
         self.training_history = [asdict(record) for record in result.history]
+        self.validation_mrr = result.best_validation_mrr
+        self.next(self.select_model)
+
+    @card(type="blank", id="tuning")
+    @step
+    def select_model(self, inputs):
+        """Keep the candidate with the best validation MRR@20; the card compares them all."""
+        from postmodern.evaluation.cards import tuning_card_components
+        from postmodern.model.search import best_candidate
+        from postmodern.tracking import tracked_run
+
+        self.tuning_results = [
+            {**task.candidate, "validation_mrr": task.validation_mrr, "tracking_run_id": task.tracking_run_id}
+            for task in inputs
+        ]
+        best = inputs[best_candidate([task.validation_mrr for task in inputs])]
+        self.candidate, self.model, self.training_history = best.candidate, best.model, best.training_history
+        self.tracking_run_id = best.tracking_run_id
+        self.merge_artifacts(
+            inputs, exclude=["candidate", "model", "training_history", "validation_mrr", "tracking_run_id"]
+        )
+        with tracked_run(SETTINGS, "", {}, run_id=self.tracking_run_id) as tracker:
+            tracker.set_tags({"selected": "true"})
+        print(f"selected {self.candidate} (validation MRR@20 {best.validation_mrr:.4f})")
+        current.card.extend(tuning_card_components(self.tuning_results, [task.training_history for task in inputs]))
         self.next(self.test_model)
 
     @card(type="blank", id="evaluation")
     @step
     def test_model(self):
-        """The behavioural suite: the model, the baselines and the deployed model on the same test cases;
-        the gate's verdict on whether the model may replace the deployed one."""
+        """The behavioural suite: the model, the baselines (popularity, co-occurrence, V-SKNN) and the deployed
+        model on the same test cases; the gate's verdict on whether the model may replace the deployed one."""
         from postmodern.evaluation.gate import GateConfig, evaluate_for_deployment
         from postmodern.evaluation.session_suite import SuiteConfig
         from postmodern.evaluation.suite_card import suite_card_components
-        from postmodern.model.baselines import PopularityRanker
+        from postmodern.model.baselines import baseline_rankers
         from postmodern.model.lstm import LSTMRanker
         from postmodern.tracking import log_suite_report, tracked_run
 
-        rankers = [LSTMRanker(self.model), PopularityRanker(self.splits.train_counts)]  # the model under test first
+        rankers = [LSTMRanker(self.model), *baseline_rankers(self.splits)]  # the model under test first
         gate = GateConfig(metric=f"mrr@{self.k}", margin=self.gate_margin, slice_min_ratio=self.slice_floor)
         evaluation = evaluate_for_deployment(
             rankers, self.splits, self.products, SETTINGS.registry_dir, SuiteConfig(k=self.k), gate

@@ -15,6 +15,8 @@ import pytest
 from chromium import render
 from serving_support import ServerProcess
 
+from postmodern.model.search import DEFAULT_SEARCH_SPACE
+
 REPO = Path(__file__).resolve().parents[1]
 FLOW = REPO / "flows" / "recommender_flow.py"
 
@@ -26,7 +28,7 @@ from metaflow.cards import get_cards
 namespace(None)
 run = Flow("RecommenderFlow").latest_run
 cards = {step: [card.get() for card in get_cards(run[step].task, id=card_id)]
-         for step, card_id in (("run_transformation", "dbt"), ("test_model", "evaluation"))}
+         for step, card_id in (("run_transformation", "dbt"), ("select_model", "tuning"), ("test_model", "evaluation"))}
 print(json.dumps({
     "run_id": run.id,
     "successful": run.successful,
@@ -48,24 +50,32 @@ def run(command, workspace, env, timeout):
     return result.stdout
 
 
-def assert_tracked(database: Path, epochs: int) -> None:
-    """The MLflow run has the parameters, one validation point per epoch, the test metrics, the bundle."""
+def assert_tracked(database: Path, epochs: int, candidates: int) -> None:
+    """One MLflow run per candidate, each with its parameters, one validation point per epoch and its task's
+    pathspec; the selected one also has the test metrics and the bundle."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{database}")
     experiment = client.get_experiment_by_name("post-modern-stack")
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.data.tags["metaflow_pathspec"].startswith("RecommenderFlow/")
-    assert int(run.data.params["embedding_dim"]) == 64
-    history = client.get_metric_history(run.info.run_id, "validation_mrr")
-    assert 1 <= len(history) <= epochs
-    assert 0 < run.data.metrics["test_lstm_mrr_at_20"] <= 1
-    assert run.data.metrics["gate_passed"] == 1.0
-    assert "test_popularity_subsequent/f1_at_20" in run.data.metrics  # the whole suite, names spelled for MLflow
-    assert "test_lstm_hr_by_popularity/top 1pct" in run.data.metrics
-    suite = {item.path for item in client.list_artifacts(run.info.run_id, "behavioural_suite")}
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == candidates
+    best_validation = {}
+    for run in runs:
+        assert "/train_model/" in run.data.tags["metaflow_pathspec"]
+        assert int(run.data.params["embedding_dim"]) in DEFAULT_SEARCH_SPACE["embedding_dim"]
+        history = client.get_metric_history(run.info.run_id, "validation_mrr")
+        assert 1 <= len(history) <= epochs
+        best_validation[run.info.run_id] = max(point.value for point in history)
+    (selected,) = [run for run in runs if run.data.tags.get("selected") == "true"]
+    assert best_validation[selected.info.run_id] == max(best_validation.values())
+    assert 0 < selected.data.metrics["test_lstm_mrr_at_20"] <= 1
+    assert selected.data.metrics["gate_passed"] == 1.0
+    assert "test_popularity_subsequent/f1_at_20" in selected.data.metrics  # the whole suite, names spelled for MLflow
+    assert "test_lstm_hr_by_popularity/top 1pct" in selected.data.metrics
+    assert "test_vsknn_mrr_at_20" in selected.data.metrics and "test_cooccurrence_mrr_at_20" in selected.data.metrics
+    suite = {item.path for item in client.list_artifacts(selected.info.run_id, "behavioural_suite")}
     assert suite == {"behavioural_suite/suite_report.json"}
-    artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "model_bundle")}
+    artifacts = {item.path for item in client.list_artifacts(selected.info.run_id, "model_bundle")}
     assert "model_bundle/weights.pt" in artifacts and "model_bundle/metadata.json" in artifacts
 
 
@@ -80,23 +90,40 @@ def test_flow_trains_tests_deploys_and_the_server_answers(tmp_path, tiny_data):
     assert "loaded" in loaded and "2,500 sessions" in loaded
 
     # The LSTM is not expected to beat popularity on so little data: this run lets it be up to 50% worse.
-    output = run([python, str(FLOW), "run", "--epochs", "3", "--gate_margin", "-0.5"], tmp_path, env, 900)
-    assert "MRR@20: LSTM" in output and "gate passed" in output
+    output = run(
+        [
+            python,
+            str(FLOW),
+            "run",
+            "--epochs",
+            "2",
+            "--search_size",
+            "2",
+            "--max-workers",
+            "2",
+            "--gate_margin",
+            "-0.5",
+        ],
+        tmp_path,
+        env,
+        900,
+    )
+    assert "MRR@20: LSTM" in output and "gate passed" in output and "selected {" in output
 
     details = json.loads(run([python, "-c", READ_RUN], tmp_path, env, 120).strip().splitlines()[-1])
     assert details["successful"] and details["gate_passed"]
     assert details["dbt_summary"].get("error") is None and details["dbt_summary"]["pass"] > 10
     report = details["suite_report"]
-    assert report["rankers"] == ["lstm", "popularity"] and report["candidate"] == "lstm"
+    assert report["rankers"] == ["lstm", "popularity", "cooccurrence", "vsknn"] and report["candidate"] == "lstm"
     assert report["dataset"]["cases"] > 100 and report["dataset"]["sessions"] > 20
-    for model in ("lstm", "popularity"):
-        metrics = details["test_results"][model]
+    for metrics in details["test_results"].values():  # every ranker on the same cases
         assert 0 < metrics["mrr@20"] <= metrics["hr@20"] <= 1
         assert 0 < metrics["ndcg@20"] <= 1 and 0 < metrics["subsequent/recall@20"] <= 1
         assert sum(value for name, value in metrics.items() if name.startswith("hr_by_category/")) > 0
     saved = json.loads((tmp_path / "data" / "reports" / details["run_id"] / "suite_report.json").read_text())
     assert saved["tests"] == report["tests"]
     assert "sessions" in details["cards"]["run_transformation"]  # the mart is on the DAG card
+    assert "Hyper-parameter search" in details["cards"]["select_model"]
     assert "Behavioural tests of" in details["cards"]["test_model"] and "**PASSED**" in details["cards"]["test_model"]
     page = render(details["test_model_card_html"], tmp_path / "chromium")
     assert page.script_errors == [] and page.console_errors == []
@@ -104,7 +131,7 @@ def test_flow_trains_tests_deploys_and_the_server_answers(tmp_path, tiny_data):
     registry = tmp_path / "data" / "registry"
     version = (registry / "LATEST").read_text().strip()
     assert Path(details["deployed_to"]).resolve() == (registry / version).resolve()
-    assert_tracked(tmp_path / "data" / "mlflow.db", epochs=3)
+    assert_tracked(tmp_path / "data" / "mlflow.db", epochs=2, candidates=2)
 
     # The default gate: a one-epoch model beats neither popularity nor the deployed model by 1%.
     output = run([python, str(FLOW), "run", "--epochs", "1"], tmp_path, env, 900)

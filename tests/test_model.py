@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,15 @@ from postmodern.model.baselines import PopularityRanker
 from postmodern.model.bundle import BundleError, ModelBundle, SessionRecommender, make_bundle
 from postmodern.model.dataset import SessionSplits, Vocabulary
 from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender, pad_batch, padded_items
-from postmodern.model.train import TrainConfig, train_lstm, training_windows
+from postmodern.model.train import (
+    NegativeSampler,
+    TrainConfig,
+    TrainingWindows,
+    full_softmax_loss,
+    sampled_softmax_loss,
+    train_lstm,
+    training_windows,
+)
 from postmodern.serving.registry import bundle_version, latest_bundle_dir, publish, resolve_model_source
 
 N_ITEMS = SUITE_ITEMS
@@ -23,7 +32,8 @@ def trained():
     counts = np.bincount(np.concatenate(train), minlength=N_ITEMS + 1)
     splits = SessionSplits(Vocabulary([f"sku{i}" for i in range(1, N_ITEMS + 1)]), train, validation, test, counts, {})
     config = LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=16, hidden_dim=32, dropout=0.0, max_length=5)
-    result = train_lstm(splits, config, TrainConfig(epochs=8, learning_rate=1e-2, batch_size=32), progress=False)
+    train_config = TrainConfig(epochs=8, learning_rate=1e-2, lr_decay=1.0, batch_size=32)
+    result = train_lstm(splits, config, train_config, progress=False)
     return splits, result
 
 
@@ -47,16 +57,20 @@ def test_padding_and_batching_do_not_change_predictions(trained):
     np.testing.assert_allclose(alone[0], together[1], rtol=1e-5, atol=1e-5)
 
 
+def torch_logits_after_last_items(model: LSTMRecommender, prefixes: list[np.ndarray]) -> np.ndarray:
+    """The torch model's own forward pass (every position), read at each prefix's last item."""
+    items, lengths = pad_batch(prefixes, model.config.max_length)
+    with torch.no_grad():
+        every_position = model.item_logits(model(items, lengths))
+    return every_position[torch.cumsum(lengths, 0) - 1].numpy()
+
+
 def test_the_ranker_computes_what_the_trained_torch_model_computes(trained):
     """The ranker runs the model's equations on NumPy; the torch model's own forward is the reference."""
     _, result = trained
     model = result.model.eval()
     prefixes = [np.array([3, 4, 5]), np.array([9]), np.array([1, 2, 3, 4, 5, 6, 7, 8])]
-    items, lengths = pad_batch(prefixes, model.config.max_length)  # the model reads the latest 5 items
-    with torch.no_grad():
-        every_position, _ = model(items, lengths)
-    last_positions = torch.cumsum(lengths, 0) - 1
-    reference = every_position[last_positions].numpy()
+    reference = torch_logits_after_last_items(model, prefixes)
     ranker = LSTMRanker(model)
     np.testing.assert_allclose(ranker.logits(*padded_items(prefixes, 5)), reference, rtol=1e-4, atol=1e-4)
     ranked, scores = ranker.rank(prefixes, k=5)
@@ -84,13 +98,78 @@ def test_long_sessions_keep_their_latest_items():
     assert sum(len(w) - 1 for w in windows) == 44  # every transition trained on exactly once
 
 
-def test_loss_is_finite_and_padding_is_never_predicted():
+def test_only_real_positions_reach_the_output_layer_and_padding_is_never_predicted():
     model = LSTMRecommender(LSTMConfig(n_items=10, embedding_dim=4, hidden_dim=8))
     padded, lengths = pad_batch([np.array([1, 2, 3]), np.array([4, 5])], 4)
-    logits, loss = model(padded[:, :-1], lengths - 1, padded[:, 1:])
-    assert logits.shape == (3, 10) and torch.isfinite(loss)
+    queries = model(padded[:, :-1], lengths - 1)
+    assert queries.shape == (3, 4)  # 2 + 1 positions, none of padding
+    loss = full_softmax_loss(model, queries, torch.tensor([2, 3, 5]))
+    assert torch.isfinite(loss)
     items, _ = LSTMRanker(model).rank([np.array([1])], k=9)
     assert 0 not in items
+
+
+def test_sampled_softmax_tends_to_the_full_softmax_and_removes_accidental_hits():
+    torch.manual_seed(0)
+    model = LSTMRecommender(LSTMConfig(n_items=12, embedding_dim=6, hidden_dim=8))
+    queries, targets = torch.randn(5, 6), torch.tensor([1, 2, 3, 11, 1])
+    counts = np.array([0, 50, 20, 10, 5, 5, 4, 3, 2, 2, 1, 1])
+    full = full_softmax_loss(model, queries, targets)
+    with torch.no_grad():
+        many = NegativeSampler(counts, n_negatives=200_000, alpha=0.75, seed=0, device=torch.device("cpu"))
+        assert sampled_softmax_loss(model, queries, targets, many).item() == pytest.approx(full.item(), rel=0.01)
+        few = NegativeSampler(counts, n_negatives=8, alpha=1.0, seed=1, device=torch.device("cpu"))
+        assert 0 not in few.sample()  # padding is never drawn
+        # every negative is the target: nothing to contrast with, so the loss is zero
+        only_targets = NegativeSampler(
+            np.array([0, 1, 0]), n_negatives=4, alpha=1.0, seed=0, device=torch.device("cpu")
+        )
+        assert sampled_softmax_loss(model, queries[:2], torch.tensor([1, 1]), only_targets).item() == 0.0
+
+
+def test_sampled_training_learns_and_the_same_seed_gives_the_same_model(trained):
+    splits, _ = trained
+    config = LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=16, hidden_dim=32, dropout=0.1, max_length=5)
+    train_config = TrainConfig(epochs=3, learning_rate=1e-2, batch_size=32, loss="sampled", n_negatives=8, seed=3)
+    first, second = (train_lstm(splits, config, train_config, progress=False) for _ in range(2))
+    assert [r.train_loss for r in first.history] == [r.train_loss for r in second.history]
+    for name, tensor in first.model.state_dict().items():
+        torch.testing.assert_close(tensor, second.model.state_dict()[name], rtol=0, atol=0)
+    other = train_lstm(splits, config, replace(train_config, seed=4), progress=False)
+    assert other.history[0].train_loss != first.history[0].train_loss
+    popularity = evaluate_ranker(PopularityRanker(splits.train_counts), next_item_cases(splits.validation))
+    assert first.best_validation_mrr > 2 * popularity["mrr@20"]
+
+
+def test_the_learning_rate_decays_after_every_epoch(trained):
+    splits, _ = trained
+    config = LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=8, hidden_dim=8, max_length=5)
+    # a decay of 0 leaves no learning rate after the first epoch: the second cannot change the model
+    result = train_lstm(splits, config, TrainConfig(epochs=2, patience=5, lr_decay=0.0), progress=False)
+    assert result.history[1].validation_mrr == result.history[0].validation_mrr
+    assert result.best_epoch == 1
+
+
+def test_loss_is_chosen_by_catalogue_size_and_bad_choices_are_refused():
+    assert TrainConfig(loss="auto", full_softmax_max_items=100).resolved_loss(100) == "full"
+    assert TrainConfig(loss="auto", full_softmax_max_items=100).resolved_loss(101) == "sampled"
+    assert TrainConfig(loss="full").resolved_loss(10**6) == "full"
+    with pytest.raises(ValueError, match="loss must be one of"):
+        TrainConfig(loss="softmax")
+
+
+def test_training_windows_are_padded_once_and_batched_by_length():
+    windows = TrainingWindows([np.arange(1, 4), np.arange(1, 3), np.arange(1, 12)], max_length=5)
+    assert windows.lengths.tolist() == [3, 2, 6, 6]  # the long session cut into 6 + 6 (one shared item)
+    assert windows.n_examples == 2 + 1 + 5 + 5
+    batches = windows.batches(batch_size=2, rng=np.random.default_rng(0))
+    assert sorted(len(batch) for batch in batches) == [2, 2]
+    assert sorted(sorted(windows.lengths[batch].tolist()) for batch in batches) == [[2, 3], [6, 6]]
+    inputs, lengths, targets = windows.batch(np.array([0, 1]))
+    # the second window is [1, 2]: one input (the 2 beyond its length is only a target)
+    assert inputs.tolist() == [[1, 2], [1, 2]] and lengths.tolist() == [2, 1] and targets.tolist() == [[2, 3], [2, 0]]
+    with pytest.raises(ValueError, match="nothing to learn"):
+        TrainingWindows([np.array([1])], max_length=5)
 
 
 def test_bundle_round_trip_ranks_identically_and_serves_skus(trained, tmp_path):
@@ -106,6 +185,41 @@ def test_bundle_round_trip_ranks_identically_and_serves_skus(trained, tmp_path):
     assert first.items[0][0] == "sku7"
     assert first.unknown_skus == ["nope"] and not first.fallback
     assert unknown_only.fallback and [sku for sku, _ in unknown_only.items] == [s for s, _ in bundle.popular[:3]]
+
+
+def test_a_bundle_from_before_the_item_skip_loads_as_it_was_trained(trained, tmp_path):
+    splits, _ = trained
+    old_config = LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=8, hidden_dim=8, item_skip=False)
+    model = LSTMRecommender(old_config)
+    assert not any(name.startswith("item_skip") for name in model.state_dict())
+    directory = make_bundle(model, splits.vocabulary, splits.train_counts, {}).save(tmp_path / "old")
+    config = json.loads((directory / "config.json").read_text())
+    del config["item_skip"]  # as the first bundles were written
+    (directory / "config.json").write_text(json.dumps(config))
+    loaded = SessionRecommender(ModelBundle.load(directory))
+    assert loaded.bundle.model_config == old_config
+    expected = LSTMRanker(model).rank([np.array([3, 4])], k=5)[0]
+    assert [sku for sku, _ in loaded.recommend([["sku3", "sku4"]], k=5)[0].items] == splits.vocabulary.decode(
+        expected[0]
+    )
+
+
+def test_an_untied_model_scores_with_its_own_output_embeddings_and_round_trips(trained, tmp_path):
+    splits, _ = trained
+    model = LSTMRecommender(LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=8, hidden_dim=8, tied_output=False))
+    assert model.output_weight is model.output_embedding.weight
+    assert model.output_weight.data_ptr() != model.item_embedding.weight.data_ptr()
+    prefixes = [np.array([1, 2]), np.array([4])]
+    np.testing.assert_allclose(
+        LSTMRanker(model).logits(*padded_items(prefixes, 20)),
+        torch_logits_after_last_items(model.eval(), prefixes),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    directory = make_bundle(model, splits.vocabulary, splits.train_counts, {}).save(tmp_path / "untied")
+    loaded = SessionRecommender(ModelBundle.load(directory))
+    expected = LSTMRanker(model).rank([np.array([1, 2])], k=4)[0][0]
+    assert [sku for sku, _ in loaded.recommend([["sku1", "sku2"]], k=4)[0].items] == splits.vocabulary.decode(expected)
 
 
 def test_incomplete_or_foreign_bundles_are_refused(trained, tmp_path):

@@ -139,3 +139,43 @@ def dbt_card_components(
             rows, headers=["node", "type", "materialized", "status", "seconds", "rows", "tests passing", "description"]
         ),
     ]
+
+
+def tuning_card_components(results: list[dict], histories: list[list[dict]]) -> list:
+    """Every candidate of the hyper-parameter search, best first: its knobs and best validation MRR@20, and
+    the validation curves side by side."""
+    best = max(range(len(results)), key=lambda index: results[index]["validation_mrr"])
+    knobs = [name for name in results[best] if name not in ("validation_mrr", "tracking_run_id")]
+    order = sorted(range(len(results)), key=lambda index: -results[index]["validation_mrr"])
+    rows = [
+        [f"{index} (selected)" if index == best else str(index)]
+        + [str(results[index][name]) for name in knobs]
+        + [f"{results[index]['validation_mrr']:.4f}"]
+        for index in order
+    ]
+    curves = [
+        {"candidate": str(index), "epoch": record["epoch"], "validation MRR@20": record["validation_mrr"]}
+        for index, history in enumerate(histories)
+        for record in history
+    ]
+    return [
+        Markdown(
+            f"# Hyper-parameter search\n\n{len(results)} candidate(s), each trained in its own task; candidate "
+            f"{best} has the best validation MRR@20 ({results[best]['validation_mrr']:.4f}) and goes on to the test."
+        ),
+        Table(rows, headers=["candidate", *knobs, "validation MRR@20"]),
+        VegaChart(
+            {
+                "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+                "data": {"values": curves},
+                "mark": {"type": "line", "point": True},
+                "width": 400,
+                "height": 220,
+                "encoding": {
+                    "x": {"field": "epoch", "type": "ordinal"},
+                    "y": {"field": "validation MRR@20", "type": "quantitative"},
+                    "color": {"field": "candidate", "type": "nominal"},
+                },
+            }
+        ),
+    ]

@@ -24,6 +24,8 @@ from postmodern.model.dataset import PADDING_ID, Vocabulary
 from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender
 
 BUNDLE_FORMAT_VERSION = 1
+# what a bundle written before a config field existed meant by leaving it out
+CONFIG_BEFORE_FIELDS = {"item_skip": False, "tied_output": True}
 FALLBACK_SIZE = 200
 
 
@@ -70,7 +72,7 @@ class ModelBundle:
                 f"{directory}: bundle format {metadata.get('format_version')} is not {BUNDLE_FORMAT_VERSION}"
             )
         return cls(
-            model_config=LSTMConfig(**json.loads((directory / "config.json").read_text())),
+            model_config=LSTMConfig(**{**CONFIG_BEFORE_FIELDS, **json.loads((directory / "config.json").read_text())}),
             state_dict=torch.load(directory / "weights.pt", map_location="cpu", weights_only=True),
             vocabulary=json.loads((directory / "vocab.json").read_text()),
             popular=[(sku, float(share)) for sku, share in json.loads((directory / "popular.json").read_text())],

@@ -1,8 +1,12 @@
 """The "vanilla LSTM" next-item recommender, in PyTorch.
 
 Reads a session's items, and at every position scores every item of the catalogue as the next one.
-The output layer reuses the item embeddings (weight tying): an item's input and output vectors live in
-one space, which halves the parameters and helps rare items.
+The output layer reuses the item embeddings (weight tying, by default): an item's input and output vectors
+live in one space, which halves the parameters and helps rare items. A linear map of the latest item's
+embedding is added to the LSTM's reading of the session, so that item-to-item transitions need not pass
+through the recurrent state. Training scores either the whole catalogue (full softmax) or the targets
+against a shared sample of negatives (sampled softmax, see `train.py`); `LSTMRanker` ranks with the same
+equations in NumPy.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -22,10 +25,12 @@ from postmodern.model.dataset import PADDING_ID
 @dataclass
 class LSTMConfig:
     n_items: int  # vocabulary size including the padding id 0
-    embedding_dim: int = 64
-    hidden_dim: int = 128
-    dropout: float = 0.25
+    embedding_dim: int = 128
+    hidden_dim: int = 256
+    dropout: float = 0.1
     max_length: int = 20  # longest input a prediction reads; longer sessions keep their latest items
+    item_skip: bool = True  # add a linear map of the latest item's embedding to the output (see __init__)
+    tied_output: bool = True  # score items with their input embeddings (weight tying) or with their own
 
 
 class LSTMRecommender(nn.Module):
@@ -36,31 +41,60 @@ class LSTMRecommender(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.lstm = nn.LSTM(config.embedding_dim, config.hidden_dim, batch_first=True)
         self.to_item_space = nn.Linear(config.hidden_dim, config.embedding_dim)
+        self.output_embedding = (
+            None if config.tied_output else nn.Embedding(config.n_items, config.embedding_dim, padding_idx=PADDING_ID)
+        )
         self.output_bias = nn.Parameter(torch.zeros(config.n_items))
-        nn.init.normal_(self.item_embedding.weight, std=0.05)
+        # item-to-item transitions straight from the latest item, beside the LSTM's reading of the session
+        self.item_skip = nn.Linear(config.embedding_dim, config.embedding_dim) if config.item_skip else None
+        for embedding in (self.item_embedding, self.output_embedding):
+            if embedding is not None:
+                nn.init.normal_(embedding.weight, std=0.05)
 
-    def hidden_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """[batch, time, hidden]; packing means no LSTM compute is spent on padding."""
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """[n_items, embedding_dim]: what a query is scored against."""
+        return (self.item_embedding if self.output_embedding is None else self.output_embedding).weight
+
+    def states(self, items: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """LSTM outputs [batch, time, hidden] and input embeddings [batch, time, embedding]; packing means no
+        LSTM compute is spent on padding."""
         embedded = self.dropout(self.item_embedding(items))
         packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
         output, _ = self.lstm(packed)
         hidden, _ = pad_packed_sequence(output, batch_first=True, total_length=items.size(1))
-        return hidden
+        return hidden, embedded
 
-    def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.to_item_space(self.dropout(hidden)) @ self.item_embedding.weight.T + self.output_bias
+    def queries(self, hidden: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        """Session states in the item space, where an item's score is a dot product with its embedding."""
+        query = self.to_item_space(self.dropout(hidden))
+        return query + self.item_skip(embedded) if self.item_skip is not None else query
+
+    def forward(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The session state after every non-padding position, in the item space: [n_positions, embedding_dim],
+        session by session. Only these positions reach the output layer."""
+        hidden, embedded = self.states(items, lengths)
+        real = real_positions(lengths.to(items.device), items.size(1))
+        return self.queries(hidden[real], embedded[real])
+
+    def item_logits(self, queries: torch.Tensor) -> torch.Tensor:
+        """Scores of the whole catalogue: [n, n_items], padding at -inf."""
+        logits = queries @ self.output_weight.T + self.output_bias
         logits[..., PADDING_ID] = float("-inf")
         return logits
 
-    def forward(
-        self, items: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits for every non-padding position ([n_positions, n_items]) and, given targets, the loss."""
-        hidden = self.hidden_states(items, lengths)
-        valid = torch.arange(items.size(1), device=items.device)[None, :] < lengths.to(items.device)[:, None]
-        logits = self.item_logits(hidden[valid])
-        loss = F.cross_entropy(logits, targets[valid]) if targets is not None else None
-        return logits, loss
+    def candidate_logits(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Scores of some items only: [n, n_candidates] for candidates shared by every row ([n_candidates])."""
+        return queries @ self.output_weight[candidates].T + self.output_bias[candidates]
+
+    def target_logits(self, queries: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The score of each row's own target: [n]."""
+        return (queries * self.output_weight[targets]).sum(-1) + self.output_bias[targets]
+
+
+def real_positions(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """[batch, width] mask of the positions that are not padding."""
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def padded_items(sequences: list[np.ndarray], max_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,12 +117,12 @@ class LSTMRanker:
     """Ranks the next item for session prefixes with a trained LSTMRecommender: the one ranking function
     of evaluation and serving.
 
-    It computes the model's equations (nn.LSTM's gates i, f, g, o, then the tied output layer) on a NumPy
-    copy of the weights. At serving sizes, one short session per request, torch's per-operation dispatch
-    costs several times the arithmetic (about 1 ms per request through the torch modules against 0.3 ms
-    here, same rankings: the tests compare the two). Each batch is one pass; the logits are the only
-    catalogue-sized array; top-k is a partial selection (argpartition) and the softmax normaliser is summed
-    in place.
+    It computes the model's equations (nn.LSTM's gates i, f, g, o, the skip from the latest item, then the
+    output layer) on a NumPy copy of the weights. At serving sizes, one short session per request, torch's
+    per-operation dispatch costs several times the arithmetic (about 1 ms per request through the torch
+    modules against 0.3 ms here, same rankings: the tests compare the two). Each batch is one pass; the
+    logits are the only catalogue-sized array; top-k is a partial selection (argpartition) and the softmax
+    normaliser is summed in place.
 
     Creating a ranker sets NumPy's BLAS to one thread for the process (torch's threads are its own): these
     products are small, and a second BLAS thread mostly waits for the first, several times slower on
@@ -116,6 +150,10 @@ class LSTMRanker:
         self.gate_bias = array(lstm.bias_ih_l0 + lstm.bias_hh_l0) * halve
         self.to_item_space = array(model.to_item_space.weight.T)  # [hidden, embedding]
         self.to_item_space_bias = array(model.to_item_space.bias)
+        self.item_skip = None if model.item_skip is None else array(model.item_skip.weight.T)  # [embedding, embedding]
+        self.item_skip_bias = None if model.item_skip is None else array(model.item_skip.bias)
+        tied = model.output_embedding is None
+        self.output_embedding = self.item_embedding if tied else array(model.output_embedding.weight)
         self.output_bias = array(model.output_bias)
         self.output_bias[PADDING_ID] = -np.inf
         threadpool_limits(limits=1, user_api="blas")
@@ -147,7 +185,10 @@ class LSTMRanker:
     def logits(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """[batch, n_items] next-item logits after each row's last item; padding is -inf."""
         in_item_space = self.last_hidden(items, lengths) @ self.to_item_space + self.to_item_space_bias
-        logits = in_item_space @ self.item_embedding.T
+        if self.item_skip is not None:
+            latest = self.item_embedding[items[np.arange(len(items)), lengths - 1]]
+            in_item_space += latest @ self.item_skip + self.item_skip_bias
+        logits = in_item_space @ self.output_embedding.T
         logits += self.output_bias
         return logits
 

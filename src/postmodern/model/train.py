@@ -2,7 +2,16 @@
 
 Every position of every training session is a target (all-prefix training): a session of n items gives
 n - 1 examples in one pass of the LSTM. Sessions are batched with others of similar length so that
-padding stays small, and packing skips what padding remains.
+padding stays small, packing skips what padding remains, and only real positions reach the output layer.
+
+The loss is a softmax over the next item. Over the whole catalogue (`loss="full"`) it costs one dot
+product per item per position, which is cheap for a few thousand items and dominates everything for tens
+of thousands. `loss="sampled"` scores each target against one popularity-weighted sample of negatives
+shared by the whole mini-batch (as GRU4Rec does), each negative's score lowered by the log of its expected
+count in the sample (the logQ correction; Bengio and Senecal 2008, Blanc and Rendle 2018): the sum over the
+sample then estimates the softmax's normaliser over the whole catalogue, so the loss tends to the full one
+as negatives grow, instead of pushing popular items down because they are drawn often. `loss="auto"` takes
+the full softmax up to `full_softmax_max_items` items.
 """
 
 from __future__ import annotations
@@ -11,29 +20,47 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from postmodern.evaluation.metrics import evaluate_ranker, next_item_cases
-from postmodern.model.dataset import SessionSplits
-from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender, pad_batch
+from postmodern.model.dataset import PADDING_ID, SessionSplits
+from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender, pad_batch, real_positions
+
+LOSSES = ("auto", "full", "sampled")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 12
-    batch_size: int = 128
+    epochs: int = 8
+    batch_size: int = 256  # sessions (windows) per mini-batch
     learning_rate: float = 3e-3
+    lr_decay: float = 0.5  # the learning rate is multiplied by this after every epoch
     weight_decay: float = 1e-5
     patience: int = 2  # epochs without validation improvement before stopping
     validation_cases: int = 20_000
     seed: int = 0
     grad_clip: float = 5.0
+    loss: str = "auto"
+    full_softmax_max_items: int = 10_000  # "auto" samples above this catalogue size
+    n_negatives: int = 1024  # sampled softmax: negatives shared by a mini-batch
+    negative_alpha: float = 0.75  # sampled softmax: negatives drawn with probability ∝ count ** alpha
+    num_threads: int | None = None  # torch threads; None: the cores this process may use
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
+
+    def resolved_loss(self, n_items: int) -> str:
+        if self.loss == "auto":
+            return "full" if n_items <= self.full_softmax_max_items else "sampled"
+        return self.loss
 
 
 @dataclass
@@ -53,16 +80,30 @@ class TrainingResult:
     best_epoch: int
     seconds: float
 
+    @property
+    def best_validation_mrr(self) -> float:
+        return self.history[self.best_epoch - 1].validation_mrr
+
 
 def seed_everything(seed: int) -> None:
+    """The same seed gives the same model: Python, NumPy and torch generators, and deterministic cuDNN."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
-def configure_threads() -> None:
-    """Use the cores this process may run on; torch's default can oversubscribe small machines."""
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+def available_cores() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def configure_threads(num_threads: int | None = None) -> int:
+    """Use `num_threads`, else the cores this process may run on: torch's default counts the machine's
+    cores, which oversubscribes containers and tasks sharing a machine."""
+    threads = num_threads or available_cores()
+    torch.set_num_threads(threads)
+    return threads
 
 
 def training_windows(sessions: list[np.ndarray], max_length: int) -> list[np.ndarray]:
@@ -77,13 +118,106 @@ def training_windows(sessions: list[np.ndarray], max_length: int) -> list[np.nda
     return windows
 
 
-def length_bucketed_batches(windows: list[np.ndarray], batch_size: int, rng: np.random.Generator):
-    """Batches of similar-length windows, in random order."""
-    lengths = np.array([len(window) for window in windows])
-    order = np.lexsort((rng.random(len(windows)), lengths))
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    rng.shuffle(batches)
-    return batches
+class TrainingWindows:
+    """Every training window, padded once into one [n_windows, max_length + 1] tensor."""
+
+    def __init__(self, sessions: list[np.ndarray], max_length: int):
+        windows = training_windows(sessions, max_length)
+        if not windows:
+            raise ValueError("no training session has two items: nothing to learn from")
+        self.items, self.lengths = pad_batch(windows, max_length + 1)
+        self.n_examples = int((self.lengths - 1).sum())
+
+    def batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Window indices of each mini-batch: similar lengths together (little padding), batches in random order."""
+        lengths = self.lengths.numpy()
+        order = np.lexsort((rng.random(len(lengths)), lengths))
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        rng.shuffle(batches)
+        return batches
+
+    def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inputs [b, t], input lengths [b] and targets [b, t] of the windows `indices`."""
+        lengths = self.lengths[indices]
+        padded = self.items[indices, : int(lengths.max())]
+        return padded[:, :-1], lengths - 1, padded[:, 1:]
+
+
+class NegativeSampler:
+    """One draw of `n_negatives` items per mini-batch, with probability ∝ training count ** alpha."""
+
+    def __init__(self, train_counts: np.ndarray, n_negatives: int, alpha: float, seed: int, device: torch.device):
+        weights = np.asarray(train_counts, dtype=np.float64) ** alpha
+        weights[PADDING_ID] = 0.0
+        self.probabilities = torch.from_numpy(weights / weights.sum())
+        self.n_negatives = n_negatives
+        # log of each item's expected count in one draw: the logQ correction (-inf for padding, never drawn)
+        self.log_expected = torch.log(self.probabilities * n_negatives).float().to(device)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.device = device
+
+    def sample(self) -> torch.Tensor:
+        negatives = torch.multinomial(self.probabilities, self.n_negatives, replacement=True, generator=self.generator)
+        return negatives.to(self.device)
+
+
+def full_softmax_loss(model: LSTMRecommender, queries: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model.item_logits(queries), targets)
+
+
+def sampled_softmax_loss(
+    model: LSTMRecommender, queries: torch.Tensor, targets: torch.Tensor, sampler: NegativeSampler
+) -> torch.Tensor:
+    """Cross-entropy of each target against the shared negatives, each negative corrected by its log Q."""
+    negatives = sampler.sample()
+    positive = model.target_logits(queries, targets)
+    negative = model.candidate_logits(queries, negatives) - sampler.log_expected[negatives]
+    # a negative that is the row's own target is not a negative (an "accidental hit")
+    negative = negative.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+    logits = torch.cat([positive[:, None], negative], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
+LossFunction = Callable[[LSTMRecommender, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_loss(train_config: TrainConfig, train_counts: np.ndarray, device: torch.device) -> LossFunction:
+    if train_config.resolved_loss(len(train_counts)) == "full":
+        return full_softmax_loss
+    sampler = NegativeSampler(
+        train_counts, train_config.n_negatives, train_config.negative_alpha, train_config.seed, device
+    )
+    return lambda model, queries, targets: sampled_softmax_loss(model, queries, targets, sampler)
+
+
+def train_steps(
+    model: LSTMRecommender,
+    optimizer: torch.optim.Optimizer,
+    loss_function: LossFunction,
+    windows: TrainingWindows,
+    batches: list[np.ndarray],
+    grad_clip: float,
+) -> Iterator[tuple[float, int]]:
+    """One optimiser step per batch; yields each batch's mean loss and number of positions."""
+    device = next(model.parameters()).device
+    model.train()
+    for indices in batches:
+        inputs, lengths, targets = windows.batch(indices)
+        inputs, lengths, targets = inputs.to(device), lengths.to(device), targets.to(device)
+        loss = loss_function(model, model(inputs, lengths), targets[real_positions(lengths, inputs.size(1))])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        yield loss.item(), int(lengths.sum())
+
+
+def make_optimizer(model: LSTMRecommender, train_config: TrainConfig) -> torch.optim.Optimizer:
+    # fused: one kernel over all parameters; the per-tensor loop takes several times longer over a large
+    # embedding table, which every step updates
+    return torch.optim.AdamW(
+        model.parameters(), lr=train_config.learning_rate, weight_decay=train_config.weight_decay, fused=True
+    )
 
 
 def train_lstm(
@@ -95,40 +229,33 @@ def train_lstm(
 ) -> TrainingResult:
     """Train with early stopping on validation MRR@20; returns the best epoch's weights."""
     train_config = train_config or TrainConfig()
-    configure_threads()
+    configure_threads(train_config.num_threads)
     seed_everything(train_config.seed)
     device = torch.device(train_config.device)
     model = LSTMRecommender(model_config).to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=train_config.learning_rate, weight_decay=train_config.weight_decay
-    )
-    windows = training_windows(splits.train, model_config.max_length)
-    n_examples = sum(len(window) - 1 for window in windows)
+    optimizer = make_optimizer(model, train_config)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=train_config.lr_decay)
+    loss_function = make_loss(train_config, splits.train_counts, device)
+    windows = TrainingWindows(splits.train, model_config.max_length)
     validation = next_item_cases(splits.validation, max_cases=train_config.validation_cases, seed=train_config.seed)
+    if len(validation.targets) == 0:
+        raise ValueError("the validation split has no next-item case: early stopping needs one")
     rng = np.random.default_rng(train_config.seed)
 
     history: list[EpochRecord] = []
     best_state, best_mrr, best_epoch, stale = None, -math.inf, 0, 0
     started = time.perf_counter()
     for epoch in range(1, train_config.epochs + 1):
-        model.train()
         epoch_started = time.perf_counter()
         total_loss, total_positions = 0.0, 0
-        batches = length_bucketed_batches(windows, train_config.batch_size, rng)
+        batches = windows.batches(train_config.batch_size, rng)
+        steps = train_steps(model, optimizer, loss_function, windows, batches, train_config.grad_clip)
         # disable=None: no bar when output is not a terminal (Metaflow logs, CI)
-        for batch in tqdm(
-            batches, desc=f"epoch {epoch}", unit="batch", disable=None if progress else True, leave=False
-        ):
-            padded, lengths = pad_batch([windows[i] for i in batch], model_config.max_length + 1)
-            inputs, targets = padded[:, :-1].to(device), padded[:, 1:].to(device)
-            _, loss = model(inputs, (lengths - 1).to(device), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
-            optimizer.step()
-            positions = int((lengths - 1).sum())
-            total_loss += loss.item() * positions
+        bar = tqdm(steps, total=len(batches), desc=f"epoch {epoch}", unit="batch", disable=None if progress else True)
+        for loss, positions in bar:
+            total_loss += loss * positions
             total_positions += positions
+        schedule.step()
         train_seconds = time.perf_counter() - epoch_started
         metrics = evaluate_ranker(LSTMRanker(model), validation, k=20)
         record = EpochRecord(
@@ -137,7 +264,7 @@ def train_lstm(
             validation_mrr=metrics["mrr@20"],
             validation_hr=metrics["hr@20"],
             seconds=train_seconds,
-            examples_per_second=n_examples / train_seconds if train_seconds else 0.0,
+            examples_per_second=windows.n_examples / train_seconds if train_seconds else 0.0,
         )
         history.append(record)
         print(

@@ -1,6 +1,6 @@
 """Experiment tracking behind one small interface: MLflow (local store, default) or Comet.
 
-Another tracker (Neptune, W&B...) is one more class with these five methods.
+Another tracker (Neptune, W&B...) is one more class with these six methods.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ class Tracker(Protocol):
 
     def log_params(self, params: dict[str, object]) -> None: ...
 
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
 
     def log_artifacts(self, directory: Path, artifact_path: str) -> None: ...
@@ -42,6 +44,11 @@ def make_tracker(settings: Settings, experiment: str = "post-modern-stack") -> T
     from postmodern.tracking.mlflow_tracker import MLflowTracker
 
     return MLflowTracker(settings.resolved_mlflow_uri, experiment)
+
+
+def prepare_tracking(settings: Settings) -> None:
+    """Create the tracking store and experiment once, before parallel training tasks would race to."""
+    make_tracker(settings)
 
 
 @contextmanager

@@ -27,11 +27,14 @@ class CometTracker:
                 api_key=self.api_key, project_name=self.project, log_code=False, auto_output_logging=False
             )
             self.experiment.set_name(run_name)
-            self.experiment.add_tags([f"{key}:{value}" for key, value in tags.items()])
+            self.set_tags(tags)
         self.run_id = self.experiment.get_key()
 
     def log_params(self, params: dict[str, object]) -> None:
         self.experiment.log_parameters(params)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.experiment.add_tags([f"{key}:{value}" for key, value in tags.items()])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.experiment.log_metrics(metrics, step=step)

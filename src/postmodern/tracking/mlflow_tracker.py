@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from pathlib import Path
@@ -22,10 +23,11 @@ class MLflowTracker:
 
         self.mlflow = mlflow
         mlflow.set_tracking_uri(tracking_uri)
-        if tracking_uri.startswith("sqlite:///"):
+        if tracking_uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(experiment) is None:
             # Artifacts beside the database, not in the current directory.
             artifacts = Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts"
-            if mlflow.get_experiment_by_name(experiment) is None:
+            # a parallel task may create it first; set_experiment below fails if it really is missing
+            with contextlib.suppress(mlflow.exceptions.MlflowException):
                 mlflow.create_experiment(experiment, artifact_location=artifacts.resolve().as_uri())
         mlflow.set_experiment(experiment)
         self.run_id: str | None = None
@@ -36,6 +38,9 @@ class MLflowTracker:
 
     def log_params(self, params: dict[str, object]) -> None:
         self.mlflow.log_params({name: str(value) for name, value in params.items()})
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.mlflow.set_tags(tags)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         finite = {

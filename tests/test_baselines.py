@@ -1,0 +1,132 @@
+import math
+
+import numpy as np
+import pytest
+
+from postmodern.evaluation.metrics import evaluate_ranker, next_item_cases
+from postmodern.model.baselines import (
+    CooccurrenceRanker,
+    PopularityRanker,
+    VSKNNRanker,
+    baseline_rankers,
+    cooccurrence_matrix,
+)
+from postmodern.model.dataset import SessionSplits, Vocabulary
+
+
+def counts_of(sessions, n_items):
+    return np.bincount(np.concatenate(sessions), minlength=n_items + 1)
+
+
+def reference_vsknn_scores(train, prefix, n_items, k, sample_size, score_decay):
+    """V-SKNN written plainly after session-rec's vsknn.py (weighting 'div', similarity 'cosine', sampling
+    'recent', weighting_score 'div' or none), one prefix at a time over every training session."""
+    length = len(prefix)
+    weight = {item: (position + 1) / length for position, item in enumerate(prefix)}  # latest occurrence wins
+    latest = {item: position + 1 for position, item in enumerate(prefix)}
+    sharing = [index for index, session in enumerate(train) if set(session) & set(prefix)]
+    sample = sharing[-sample_size:]  # sessions are in time order: the most recent ones
+    norm = math.sqrt(sum(w * w for w in weight.values()))
+    similarities = []
+    for index in sample:
+        items = set(train[index].tolist())
+        shared = items & set(prefix)
+        similarities.append((sum(weight[i] for i in shared) / (norm * math.sqrt(len(items))), index))
+    similarities.sort(key=lambda pair: (-pair[0], -pair[1]))
+    scores = np.zeros(n_items + 1)
+    for similarity, index in similarities[:k]:
+        items = set(train[index].tolist())
+        decay = 1 / (length - max(latest[i] for i in items & set(prefix)) + 1) if score_decay else 1.0
+        for item in items:
+            scores[item] += similarity * decay
+    boundary_tie = len(similarities) > k and math.isclose(similarities[k - 1][0], similarities[k][0])
+    return scores, boundary_tie
+
+
+@pytest.mark.parametrize(("k", "sample_size", "score_decay"), [(5, 1000, True), (3, 8, False), (10, 15, True)])
+def test_vsknn_matches_a_plain_implementation(k, sample_size, score_decay):
+    rng = np.random.default_rng(k)
+    n_items = 25
+    train = [rng.integers(1, n_items + 1, size=rng.integers(2, 7)) for _ in range(120)]
+    prefixes = [rng.integers(1, n_items + 1, size=rng.integers(1, 6)) for _ in range(60)]
+    ranker = VSKNNRanker(train, counts_of(train, n_items), k=k, sample_size=sample_size, score_decay=score_decay)
+    scores = ranker.score_chunk(prefixes).toarray()
+    compared = 0
+    for row, prefix in enumerate(prefixes):
+        expected, boundary_tie = reference_vsknn_scores(train, prefix.tolist(), n_items, k, sample_size, score_decay)
+        if boundary_tie:  # equally similar neighbours at the k-th place: either choice is right
+            continue
+        np.testing.assert_allclose(scores[row], expected, rtol=1e-9, atol=1e-12)
+        compared += 1
+    assert compared >= len(prefixes) // 2
+
+
+def test_cooccurrence_counts_pairs_within_the_window_by_distance():
+    sessions = [np.array([1, 2, 3]), np.array([1, 2]), np.array([3, 1])]
+    directed = cooccurrence_matrix(sessions, 4, window=2, directed=True).toarray()
+    # 1 -> 2 twice (distance 1), 1 -> 3 once (distance 2): weights 2 and 0.5, normalised by their sum
+    np.testing.assert_allclose(directed[1], [0, 0, 2 / 2.5, 0.5 / 2.5])
+    np.testing.assert_allclose(directed[3], [0, 1, 0, 0])
+    undirected = cooccurrence_matrix(sessions, 4, window=1, directed=False).toarray()
+    np.testing.assert_allclose(undirected[3], [0, 0.5, 0.5, 0])  # 2 before 3, 1 after 3
+
+    ranker = CooccurrenceRanker(sessions, counts_of(sessions, 3), window=1, directed=True, weighting="last")
+    items, scores = ranker.rank([np.array([1]), np.array([3])], k=3)
+    assert items[0, 0] == 2 and scores[0, 0] == 1.0
+    assert items[1].tolist() == [1, 2, 3]  # 3 -> 1 seen; then the rest by popularity (2 and 3 twice, 2 first)
+    assert scores[1].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_every_prefix_of_a_session_votes_with_decaying_weight():
+    sessions = [np.array([1, 2]), np.array([3, 4]), np.array([3, 4]), np.array([5, 6])]
+    ranker = CooccurrenceRanker(sessions, counts_of(sessions, 6), window=1, directed=True, weighting="div")
+    items, scores = ranker.rank([np.array([1, 3])], k=2)
+    assert items[0].tolist() == [4, 2]  # the latest item's successor first, the earlier one's at half weight
+    np.testing.assert_allclose(scores[0], [1.0, 0.5])
+    with pytest.raises(ValueError, match="weighting"):
+        CooccurrenceRanker(sessions, counts_of(sessions, 6), weighting="linear")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda train, counts: PopularityRanker(counts),
+        lambda train, counts: CooccurrenceRanker(train, counts),
+        lambda train, counts: VSKNNRanker(train, counts, k=2),
+    ],
+)
+def test_rankers_always_return_k_items_never_padding(make):
+    train = [np.array([1, 2]), np.array([2, 3])]
+    ranker = make(train, counts_of(train, 5))  # items 4 and 5 never seen: only reachable by the fill
+    items, scores = ranker.rank([np.array([1]), np.array([5, 4]), np.array([], dtype=np.int64)], k=5)
+    assert items.shape == scores.shape == (3, 5)
+    assert all(sorted(row) == [1, 2, 3, 4, 5] for row in items.tolist())
+    empty_items, _ = ranker.rank([], k=5)
+    assert empty_items.shape == (0, 5)
+
+
+def cyclic_splits(seed=0, n_items=30):
+    rng = np.random.default_rng(seed)
+
+    def sessions(count):
+        return [(rng.integers(n_items) + np.arange(rng.integers(2, 7))) % n_items + 1 for _ in range(count)]
+
+    train = sessions(300)
+    vocabulary = Vocabulary([f"sku{i}" for i in range(1, n_items + 1)])
+    return SessionSplits(vocabulary, train, sessions(40), sessions(40), counts_of(train, n_items), {})
+
+
+def test_baseline_rankers_are_tuned_on_validation_and_rank_the_same_cases():
+    splits = cyclic_splits()
+    rankers = baseline_rankers(splits)
+    assert [ranker.name for ranker in rankers] == ["popularity", "cooccurrence", "vsknn"]
+    cooccurrence, vsknn = rankers[1], rankers[2]
+    # sessions walk i -> i + 1: only the last item and the reading order matter
+    assert cooccurrence.params["directed"] and cooccurrence.params["weighting"] == "last"
+    assert set(vsknn.params) == {"k", "sample_size", "score_decay"}
+    cases = next_item_cases(splits.test)
+    results = {ranker.name: evaluate_ranker(ranker, cases, k=20) for ranker in rankers}
+    assert results["cooccurrence"]["mrr@20"] == 1.0
+    # V-SKNN ranks the prefix's own items first (every neighbour holds them), the next one soon after
+    assert results["vsknn"]["mrr@20"] > 0.2 > results["popularity"]["mrr@20"]
+    assert {result["cases"] for result in results.values()} == {len(cases.targets)}
