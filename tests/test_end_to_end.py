@@ -139,7 +139,7 @@ def test_flow_trains_tests_deploys_and_the_server_answers(tmp_path, tiny_data):
     assert "not deployed (the gate blocked it)" in output and "Traceback" not in output
     blocked = json.loads(run([python, "-c", READ_RUN], tmp_path, env, 120).strip().splitlines()[-1])
     assert blocked["successful"] and not blocked["gate_passed"] and blocked["deployed_to"] is None
-    assert blocked["suite_report"]["rankers"] == ["lstm", "popularity", "deployed"]
+    assert blocked["suite_report"]["rankers"] == ["lstm", "popularity", "cooccurrence", "vsknn", "deployed"]
     assert blocked["test_results"]["deployed"]["mrr@20"] == pytest.approx(details["test_results"]["lstm"]["mrr@20"])
     assert "**BLOCKED**" in blocked["cards"]["test_model"]
     assert (registry / "LATEST").read_text().strip() == version  # the first model keeps serving
