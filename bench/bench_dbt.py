@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from postmodern.data.generator import PROFILES
@@ -53,7 +54,13 @@ def main() -> None:
         "build = run_dbt_build(load_settings()); assert not build.failed_tests, build.failed_tests",
     ]
     try:
-        for name, count, first in (("base", sessions, 0), ("extra", extra, sessions)):
+        profile = PROFILES["coveo-full"]
+        next_day = datetime.fromtimestamp(profile.start_epoch_ms / 1000, UTC) + timedelta(days=profile.n_days)
+        # the base covers the profile's days; the extra load is the day after, as a daily load would be
+        for name, count, first, days in (
+            ("base", sessions, 0, []),
+            ("extra", extra, sessions, ["--start-date", f"{next_day:%Y-%m-%d}", "--days", "1"]),
+        ):
             run(
                 [
                     *cli,
@@ -64,6 +71,7 @@ def main() -> None:
                     str(count),
                     "--first-session",
                     str(first),
+                    *days,
                     "--output",
                     str(workdir / name),
                     "--quiet",

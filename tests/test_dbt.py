@@ -125,6 +125,7 @@ def test_an_incremental_build_equals_a_full_refresh(tmp_path, tiny_data):
     # load ids and times differ between the two warehouses; everything else must be equal
     for model, key, differing in (
         ("stg_browsing_events", "session_id, event_epoch_ms, event_type, product_sku", "etl_id, etl_timestamp"),
+        ("int_session_starts", "session_id", "last_etl_timestamp"),
         ("sessions", "session_id", "last_etl_timestamp"),
         ("data_health_daily", "event_date", "last_etl_timestamp"),
     ):

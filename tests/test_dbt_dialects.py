@@ -72,3 +72,23 @@ def test_duckdb_renderings_compute_the_right_values():
                {render("duckdb", "m.sorted_array('list(ts)')")} as stamps
         from {events}""").fetchall()[0]
     assert row == (["a", "b"], 2, "s", "1970-01-01 00:00:02", [1000, 2000])
+
+
+UNNEST = "m.unnest_arrays('built', ['session'], [('skus', 'sku', 'varchar'), ('stamps', 'ts', 'bigint')])"
+
+
+def test_parallel_arrays_unnest_to_one_row_per_position_in_duckdb():
+    rows = duckdb.sql(f"""
+        with built as (select * from (values ('s', ['a', 'b'], [1000, 2000]), ('t', ['c'], [3000]))
+                                  as built(session, skus, stamps))
+        select session, sku, ts, {render("duckdb", "m.action_rank('action')")} as rank
+        from ({render("duckdb", UNNEST)}), (values ('add')) as actions(action)
+        order by ts""").fetchall()
+    assert rows == [("s", "a", 1000, 2), ("s", "b", 2000, 2), ("t", "c", 3000, 2)]
+
+
+def test_parallel_arrays_unnest_with_a_lateral_flatten_in_snowflake():
+    sql = render("snowflake", UNNEST)
+    assert "lateral flatten(input => unnested.skus) as position" in sql
+    assert "unnested.stamps[position.index]::bigint as ts" in sql
+    sqlglot.parse_one(sql, read="snowflake")

@@ -1,13 +1,8 @@
--- Event times fall between the year 2000 and tomorrow: anything else is a unit or parsing error
--- (seconds for milliseconds, a default of 0) that would corrupt the time split.
-with events as (
-
-    select * from {{ ref('stg_browsing_events') }}
-
-)
-
+-- Event times fall between the year 2000 and a day after this build started: anything else is a unit or
+-- parsing error (seconds for milliseconds, a default of 0) that would corrupt the time split. The bounds are
+-- constants, so every row is compared as a plain integer.
 select session_id, event_epoch_ms, etl_id
-from events
+from {{ ref('stg_browsing_events') }}
 where event_epoch_ms is null
    or event_epoch_ms < 946684800000
-   or event_at > {{ dbt.dateadd('day', 1, dbt.current_timestamp()) }}
+   or event_epoch_ms > {{ ((run_started_at.timestamp() + 86400) * 1000) | int }}

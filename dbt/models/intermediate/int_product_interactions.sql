@@ -15,8 +15,7 @@ final as (
         event_epoch_ms,
         event_at,
         etl_timestamp,
-        -- a detail view, an add and a purchase in the same millisecond happen in that order
-        case product_action when 'detail' then 1 when 'add' then 2 else 3 end as action_rank
+        {{ action_rank('product_action') }} as action_rank
     from events
     where event_type = 'event_product'
       and product_action in ('detail', 'add', 'purchase')

@@ -1,5 +1,6 @@
 -- Every session's first and last event, counting page views too: sessionisation by the session id.
--- Incremental: sessions that received events since the last build are recounted whole.
+-- Incremental: a session with new events gets its built row merged with the new events' counts and bounds.
+-- Staging's new rows are events never seen before, so history is never re-read.
 -- depends_on: {{ ref('stg_browsing_events') }}
 {{ config(materialized='incremental', unique_key=['api_key', 'session_id'], incremental_strategy='delete+insert') }}
 
@@ -8,13 +9,62 @@ with
 events as (
 
     select * from {{ ref('stg_browsing_events') }}
+    {% if is_incremental() %}
+    where {{ arrived_since_last_build() }}
+    {% endif %}
+
+),
+
+counts as (
+
+    select
+        api_key,
+        session_id,
+        min(event_at) as session_start_at,
+        max(event_at) as session_end_at,
+        count(*) as n_events,
+        sum(case when event_type = 'pageview' then 1 else 0 end) as n_pageviews,
+        sum(case when event_type = 'event_product' then 1 else 0 end) as n_product_events,
+        max(etl_timestamp) as last_etl_timestamp
+    from events
+    group by api_key, session_id
 
 ),
 
 {% if is_incremental() %}
-touched as (
+merged as (
 
-    {{ keys_with_new_events(['api_key', 'session_id']) }}
+    select
+        api_key,
+        session_id,
+        min(session_start_at) as session_start_at,
+        max(session_end_at) as session_end_at,
+        sum(n_events) as n_events,
+        sum(n_pageviews) as n_pageviews,
+        sum(n_product_events) as n_product_events,
+        max(last_etl_timestamp) as last_etl_timestamp
+    from (
+        select * from counts
+        union all
+        select
+            built.api_key,
+            built.session_id,
+            built.session_start_at,
+            built.session_end_at,
+            built.n_events,
+            built.n_pageviews,
+            built.n_product_events,
+            built.last_etl_timestamp
+        from {{ this }} as built
+        inner join counts on built.api_key = counts.api_key and built.session_id = counts.session_id
+    ) as new_and_built
+    group by api_key, session_id
+
+),
+{% else %}
+merged as (
+
+    select * from counts
 
 ),
 {% endif %}
@@ -22,20 +72,16 @@ touched as (
 final as (
 
     select
-        events.api_key,
-        events.session_id,
-        min(events.event_at) as session_start_at,
-        max(events.event_at) as session_end_at,
-        cast(min(events.event_at) as date) as session_date,
-        count(*) as n_events,
-        sum(case when events.event_type = 'pageview' then 1 else 0 end) as n_pageviews,
-        sum(case when events.event_type = 'event_product' then 1 else 0 end) as n_product_events,
-        max(events.etl_timestamp) as last_etl_timestamp
-    from events
-    {% if is_incremental() %}
-    inner join touched on events.api_key = touched.api_key and events.session_id = touched.session_id
-    {% endif %}
-    group by events.api_key, events.session_id
+        api_key,
+        session_id,
+        session_start_at,
+        session_end_at,
+        cast(session_start_at as date) as session_date,
+        n_events,
+        n_pageviews,
+        n_product_events,
+        last_etl_timestamp
+    from merged
 
 )
 

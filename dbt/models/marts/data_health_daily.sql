@@ -11,10 +11,13 @@ events as (
 ),
 
 {% if is_incremental() %}
--- days that received events since the last build are recounted whole
+-- days that received events since the last build are recounted whole (a day's distinct products need its
+-- events; a daily load touches the newest days only)
 touched_days as (
 
-    {{ keys_with_new_events(['api_key', 'event_date']) }}
+    select distinct api_key, event_date
+    from {{ ref('stg_browsing_events') }}
+    where {{ arrived_since_last_build() }}
 
 ),
 {% endif %}

@@ -1,35 +1,50 @@
 -- What the flow reads: one row per session with product interactions, its SKUs in time order.
+-- Incremental: a session with new events (page views included) is rebuilt from its built row's interactions
+-- and its new ones; staging's new rows are events never seen before, so history is never re-read.
 -- depends_on: {{ ref('stg_browsing_events') }}
 {{ config(materialized='incremental', unique_key=['api_key', 'session_id'], incremental_strategy='delete+insert') }}
 
+{% set touched_built_rows %}
+    (
+        select built.*
+        from {{ this }} as built
+        inner join starts on built.api_key = starts.api_key and built.session_id = starts.session_id
+    )
+{% endset %}
+
 with
 
-{% if is_incremental() %}
--- sessions that received events since the last build are rebuilt whole; the others are left alone
-touched as (
+starts as (
 
-    {{ keys_with_new_events(['api_key', 'session_id']) }}
-
-),
-{% endif %}
-
-interactions as (
-
-    select interactions.*
-    from {{ ref('int_product_interactions') }} as interactions
+    select * from {{ ref('int_session_starts') }}
     {% if is_incremental() %}
-    inner join touched
-        on interactions.api_key = touched.api_key and interactions.session_id = touched.session_id
+    where {{ arrived_since_last_build('last_etl_timestamp') }}
     {% endif %}
 
 ),
 
-starts as (
+interactions as (
 
-    select starts.*
-    from {{ ref('int_session_starts') }} as starts
+    select api_key, session_id, product_sku, product_action, event_epoch_ms, action_rank
+    from {{ ref('int_product_interactions') }}
     {% if is_incremental() %}
-    inner join touched on starts.api_key = touched.api_key and starts.session_id = touched.session_id
+    where {{ arrived_since_last_build() }}
+    union all
+    -- the interactions already in the rows of the sessions rebuilt
+    select
+        built.api_key,
+        built.session_id,
+        built.product_sku,
+        built.product_action,
+        built.event_epoch_ms,
+        {{ action_rank('built.product_action') }} as action_rank
+    from (
+        {{ unnest_arrays(touched_built_rows, ['api_key', 'session_id'], [
+            ('interactions', 'product_sku', 'varchar'),
+            ('actions', 'product_action', 'varchar'),
+            ('timestamps', 'event_epoch_ms', 'bigint'),
+        ]) }}
+    ) as built
     {% endif %}
 
 ),
