@@ -46,6 +46,7 @@ CASES = [
     ("m.epoch_ms_to_timestamp('ts')", "epoch_ms(ts)", "to_timestamp_ntz(ts, 3)"),
     ("m.array_size('items')", "len(items)", "array_size(items)"),
     ("m.sorted_array('stamps')", "list_sort(stamps)", "array_sort(stamps)"),
+    ("m.distinct_array('items')", "list_distinct(items)", "array_distinct(items)"),
 ]
 
 
@@ -64,14 +65,16 @@ def test_duckdb_renderings_compute_the_right_values():
     events = """(values ('s', 'b', 2000, 1, '{"session_id_hash": "s"}'::json::variant), ('s', 'a', 1000, 1, '{}'))
                 as events(session, sku, ts, rank, raw_data)"""
     items = render("duckdb", "m.ordered_array_agg('sku', 'ts, rank')")
+    distinct_sessions = render("duckdb", "m.distinct_array('list(session)')")
     row = duckdb.sql(f"""
         select {items} as items,
                {render("duckdb", f"m.array_size({items!r})")} as size,
                max({render("duckdb", "m.document_field('raw_data', 'session_id_hash')")}) as session,
                max({render("duckdb", "m.epoch_ms_to_timestamp('ts')")})::varchar as latest,
-               {render("duckdb", "m.sorted_array('list(ts)')")} as stamps
+               {render("duckdb", "m.sorted_array('list(ts)')")} as stamps,
+               {render("duckdb", f"m.array_size({distinct_sessions!r})")} as sessions
         from {events}""").fetchall()[0]
-    assert row == (["a", "b"], 2, "s", "1970-01-01 00:00:02", [1000, 2000])
+    assert row == (["a", "b"], 2, "s", "1970-01-01 00:00:02", [1000, 2000], 1)
 
 
 UNNEST = "m.unnest_arrays('built', ['session'], [('skus', 'sku', 'varchar'), ('stamps', 'ts', 'bigint')])"

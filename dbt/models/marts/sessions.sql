@@ -57,8 +57,7 @@ sequences as (
         {{ ordered_array_agg('product_sku', 'event_epoch_ms, action_rank') }} as interactions,
         {{ ordered_array_agg('product_action', 'event_epoch_ms, action_rank') }} as actions,
         {{ ordered_array_agg('event_epoch_ms', 'event_epoch_ms, action_rank') }} as timestamps,
-        count(*) as n_interactions,
-        count(distinct product_sku) as n_distinct_products
+        count(*) as n_interactions
     from interactions
     group by api_key, session_id
 
@@ -76,7 +75,8 @@ final as (
         sequences.actions,
         sequences.timestamps,
         sequences.n_interactions,
-        sequences.n_distinct_products,
+        -- from the list, not count(distinct ...): a second hash table per session costs more than the list
+        {{ array_size(distinct_array('sequences.interactions')) }} as n_distinct_products,
         starts.n_events,
         starts.n_pageviews,
         starts.last_etl_timestamp
