@@ -9,7 +9,7 @@ from conftest import SUITE_ITEMS, cyclic_sessions
 from postmodern.evaluation.metrics import evaluate_ranker, next_item_cases
 from postmodern.model.baselines import PopularityRanker
 from postmodern.model.bundle import BundleError, ModelBundle, SessionRecommender, make_bundle
-from postmodern.model.dataset import SessionSplits, Vocabulary
+from postmodern.model.dataset import PADDING_ID, SessionSplits, Vocabulary
 from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender, pad_batch, padded_items
 from postmodern.model.train import (
     NegativeSampler,
@@ -217,6 +217,31 @@ def test_an_untied_model_scores_with_its_own_output_embeddings_and_round_trips(t
         atol=1e-5,
     )
     directory = make_bundle(model, splits.vocabulary, splits.train_counts, {}).save(tmp_path / "untied")
+    loaded = SessionRecommender(ModelBundle.load(directory))
+    expected = LSTMRanker(model).rank([np.array([1, 2])], k=4)[0][0]
+    assert [sku for sku, _ in loaded.recommend([["sku1", "sku2"]], k=4)[0].items] == splits.vocabulary.decode(expected)
+
+
+def test_item_transition_vectors_score_in_numpy_as_in_torch_and_round_trip(trained, tmp_path):
+    splits, _ = trained
+    model = LSTMRecommender(LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=8, hidden_dim=8, item_transitions=True))
+    assert not model.item_transition.weight.any()  # starts as the model without them
+    with torch.no_grad():
+        model.item_transition.weight.normal_()
+        model.item_transition.weight[PADDING_ID] = 0
+    prefixes = [np.array([1, 2]), np.array([4])]
+    with_transitions = LSTMRanker(model).logits(*padded_items(prefixes, 20))
+    np.testing.assert_allclose(
+        with_transitions, torch_logits_after_last_items(model.eval(), prefixes), rtol=1e-4, atol=1e-5
+    )
+    # the vector of the latest item (2, then 4) moves the scores; the earlier item's does not
+    with torch.no_grad():
+        model.item_transition.weight[1] = 0
+    np.testing.assert_allclose(LSTMRanker(model).logits(*padded_items(prefixes, 20)), with_transitions, rtol=1e-5)
+    with torch.no_grad():
+        model.item_transition.weight[4] = 0
+    assert not np.allclose(LSTMRanker(model).logits(*padded_items(prefixes, 20))[1], with_transitions[1])
+    directory = make_bundle(model, splits.vocabulary, splits.train_counts, {}).save(tmp_path / "transitions")
     loaded = SessionRecommender(ModelBundle.load(directory))
     expected = LSTMRanker(model).rank([np.array([1, 2])], k=4)[0][0]
     assert [sku for sku, _ in loaded.recommend([["sku1", "sku2"]], k=4)[0].items] == splits.vocabulary.decode(expected)

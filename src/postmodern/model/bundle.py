@@ -25,7 +25,7 @@ from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender
 
 BUNDLE_FORMAT_VERSION = 1
 # what a bundle written before a config field existed meant by leaving it out
-CONFIG_BEFORE_FIELDS = {"item_skip": False, "tied_output": True}
+CONFIG_BEFORE_FIELDS = {"item_skip": False, "tied_output": True, "item_transitions": False}
 FALLBACK_SIZE = 200
 
 

@@ -3,10 +3,10 @@
 Reads a session's items, and at every position scores every item of the catalogue as the next one.
 The output layer reuses the item embeddings (weight tying, by default): an item's input and output vectors
 live in one space, which halves the parameters and helps rare items. A linear map of the latest item's
-embedding is added to the LSTM's reading of the session, so that item-to-item transitions need not pass
-through the recurrent state. Training scores either the whole catalogue (full softmax) or the targets
-against a shared sample of negatives (sampled softmax, see `train.py`); `LSTMRanker` ranks with the same
-equations in NumPy.
+embedding, and a learned vector of that item itself, are added to the LSTM's reading of the session, so
+that item-to-item transitions need not pass through the recurrent state. Training scores either the whole
+catalogue (full softmax) or the targets against a shared sample of negatives (sampled softmax, see
+`train.py`); `LSTMRanker` ranks with the same equations in NumPy.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class LSTMConfig:
     max_length: int = 20  # longest input a prediction reads; longer sessions keep their latest items
     item_skip: bool = True  # add a linear map of the latest item's embedding to the output (see __init__)
     tied_output: bool = True  # score items with their input embeddings (weight tying) or with their own
+    item_transitions: bool = True  # add a learned vector of the latest item itself (see __init__)
 
 
 class LSTMRecommender(nn.Module):
@@ -47,6 +48,15 @@ class LSTMRecommender(nn.Module):
         self.output_bias = nn.Parameter(torch.zeros(config.n_items))
         # item-to-item transitions straight from the latest item, beside the LSTM's reading of the session
         self.item_skip = nn.Linear(config.embedding_dim, config.embedding_dim) if config.item_skip else None
+        # and a free vector per latest item (a factorised Markov chain, as in FPMC): a rare item's own
+        # transitions need not fit the map shared by all items; zeros at first, so it starts as the model without
+        self.item_transition = (
+            nn.Embedding(config.n_items, config.embedding_dim, padding_idx=PADDING_ID)
+            if config.item_transitions
+            else None
+        )
+        if self.item_transition is not None:
+            nn.init.zeros_(self.item_transition.weight)
         for embedding in (self.item_embedding, self.output_embedding):
             if embedding is not None:
                 nn.init.normal_(embedding.weight, std=0.05)
@@ -65,17 +75,21 @@ class LSTMRecommender(nn.Module):
         hidden, _ = pad_packed_sequence(output, batch_first=True, total_length=items.size(1))
         return hidden, embedded
 
-    def queries(self, hidden: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+    def queries(self, hidden: torch.Tensor, embedded: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Session states in the item space, where an item's score is a dot product with its embedding."""
         query = self.to_item_space(self.dropout(hidden))
-        return query + self.item_skip(embedded) if self.item_skip is not None else query
+        if self.item_skip is not None:
+            query = query + self.item_skip(embedded)
+        if self.item_transition is not None:
+            query = query + self.item_transition(items)
+        return query
 
     def forward(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The session state after every non-padding position, in the item space: [n_positions, embedding_dim],
         session by session. Only these positions reach the output layer."""
         hidden, embedded = self.states(items, lengths)
         real = real_positions(lengths.to(items.device), items.size(1))
-        return self.queries(hidden[real], embedded[real])
+        return self.queries(hidden[real], embedded[real], items[real])
 
     def item_logits(self, queries: torch.Tensor) -> torch.Tensor:
         """Scores of the whole catalogue: [n, n_items], padding at -inf."""
@@ -152,6 +166,7 @@ class LSTMRanker:
         self.to_item_space_bias = array(model.to_item_space.bias)
         self.item_skip = None if model.item_skip is None else array(model.item_skip.weight.T)  # [embedding, embedding]
         self.item_skip_bias = None if model.item_skip is None else array(model.item_skip.bias)
+        self.item_transition = None if model.item_transition is None else array(model.item_transition.weight)
         tied = model.output_embedding is None
         self.output_embedding = self.item_embedding if tied else array(model.output_embedding.weight)
         self.output_bias = array(model.output_bias)
@@ -185,9 +200,11 @@ class LSTMRanker:
     def logits(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """[batch, n_items] next-item logits after each row's last item; padding is -inf."""
         in_item_space = self.last_hidden(items, lengths) @ self.to_item_space + self.to_item_space_bias
+        latest = items[np.arange(len(items)), lengths - 1]
         if self.item_skip is not None:
-            latest = self.item_embedding[items[np.arange(len(items)), lengths - 1]]
-            in_item_space += latest @ self.item_skip + self.item_skip_bias
+            in_item_space += self.item_embedding[latest] @ self.item_skip + self.item_skip_bias
+        if self.item_transition is not None:
+            in_item_space += self.item_transition[latest]
         logits = in_item_space @ self.output_embedding.T
         logits += self.output_bias
         return logits

@@ -17,7 +17,8 @@ from postmodern.model.train import TrainConfig
 
 # Each candidate trains in its own task. These values were the ones worth trying on the generated data
 # (thousands to tens of thousands of items; see bench/bench_model.py): a learning rate decaying by half every
-# epoch beat a constant one, and larger sizes than these only overfitted sooner.
+# epoch beat a constant one, and larger sizes than these only overfitted sooner. A vector per latest item
+# (`item_transitions`, on by default) added 0.007 to validation and test MRR@20 at 200k sessions.
 DEFAULT_SEARCH_SPACE: dict[str, list] = {
     "embedding_dim": [64, 128],
     "hidden_dim": [128, 256],
