@@ -9,7 +9,9 @@
   weighs i/n), the candidate neighbours are the `sample_size` most recent training sessions sharing an item
   with it, their cosine similarity with the prefix picks the `k` nearest, and an item scores the summed
   similarity of the neighbours that hold it (each divided by how far back in the prefix the latest item it
-  shares with the prefix is, when `score_decay`, as in session-rec's implementation).
+  shares with the prefix is, when `score_decay`, as in session-rec's implementation). Every neighbour holds
+  the prefix's latest item, so it would always rank first; with `skip_latest` (tuned) it is not scored, as
+  on data where a session never shows the same item twice in a row (the session mart's sequences).
 
 All three work on sparse matrices (scipy.sparse) a chunk of prefixes at a time: a session-item matrix, its
 transpose as the inverted index item -> sessions, an item-item matrix. Where a method scores fewer than k
@@ -32,7 +34,7 @@ from postmodern.model.dataset import PADDING_ID, SessionSplits
 CHUNK_ROWS = 2048  # prefixes scored at once (row numbers fit the sort key's top bits)
 SCORE_STEPS = 2**40 - 1
 COOCCURRENCE_GRID = {"window": [1, 3], "directed": [True, False], "weighting": ["last", "div"]}
-VSKNN_GRID = {"k": [100, 200], "sample_size": [500, 1000], "score_decay": [True]}
+VSKNN_GRID = {"k": [100, 200], "sample_size": [500, 1000], "score_decay": [True], "skip_latest": [False, True]}
 TUNING_METRIC = "mrr@20"
 
 
@@ -177,10 +179,11 @@ class VSKNNRanker(SparseScorer):
         k: int = 100,
         sample_size: int = 1000,
         score_decay: bool = True,
+        skip_latest: bool = False,
     ):
         super().__init__(train_counts)
-        self.params = {"k": k, "sample_size": sample_size, "score_decay": score_decay}
-        self.k, self.sample_size, self.score_decay = k, sample_size, score_decay
+        self.params = {"k": k, "sample_size": sample_size, "score_decay": score_decay, "skip_latest": skip_latest}
+        self.k, self.sample_size, self.score_decay, self.skip_latest = k, sample_size, score_decay, skip_latest
         rows, items, _, _ = prefix_positions(sessions)
         # binary session-item matrix: a neighbour is the set of its items
         self.session_items = sp.csr_matrix((np.ones(len(items)), (rows, items)), shape=(len(sessions), self.n_items))
@@ -205,7 +208,13 @@ class VSKNNRanker(SparseScorer):
         if self.score_decay and len(row):
             similarity = similarity / self._steps_back_to_shared_item(row, session, latest, prefix_lengths)
         neighbours = sp.csr_matrix((similarity, (row, session)), shape=(n, self.session_items.shape[0]))
-        return neighbours @ self.session_items
+        scores = neighbours @ self.session_items
+        if self.skip_latest:
+            latest_items = sp.csr_matrix(
+                (np.ones(n), (np.arange(n), [prefix[-1] for prefix in prefixes])), shape=scores.shape
+            )
+            scores = scores - scores.multiply(latest_items)  # top_k drops the zeros
+        return scores
 
     def _steps_back_to_shared_item(
         self, row: np.ndarray, session: np.ndarray, latest: sp.csr_matrix, prefix_lengths: np.ndarray
