@@ -38,12 +38,18 @@ non_2xx = 0
 
 function init(args)
   local path, rate, connections = args[1], tonumber(args[2]), tonumber(args[3])
+  -- Each thread formats only its own share of the file: wrk runs the threads' init one after another
+  -- while the first threads already send, so formatting every line in each thread would keep a core
+  -- busy for the first second of the run and hand the server a burst of competition that is not load.
+  local line_number = 0
   for line in io.lines(path) do
-    requests[#requests + 1] = wrk.format("POST", "/invocations", { ["Content-Type"] = "application/json" }, line)
+    if line_number % connections == index then
+      requests[#requests + 1] = wrk.format("POST", "/invocations", { ["Content-Type"] = "application/json" }, line)
+    end
+    line_number = line_number + 1
   end
   interval_us = connections * 1e6 / rate
   next_due = now_us() + index * interval_us / connections -- threads take turns, not bursts
-  cursor = index * math.floor(#requests / connections)
 end
 
 function delay()
