@@ -125,7 +125,7 @@ class SessionRecommender:
         With `exclude_seen`, SKUs already in the session are not recommended again."""
         encoded = [self.vocabulary.encode(session) for session in sessions]
         known = [index for index, (items, _) in enumerate(encoded) if items]
-        ranked_items, ranked_scores = self.ranker.rank([np.asarray(encoded[i][0]) for i in known], k, exclude_seen)
+        ranked_items, ranked_scores = self.ranker.rank([encoded[i][0] for i in known], k, exclude_seen)
         by_session = {index: row for row, index in enumerate(known)}
         results = []
         for index, (_, unknown) in enumerate(encoded):

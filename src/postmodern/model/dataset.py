@@ -54,8 +54,9 @@ class Vocabulary:
                 known.append(item)
         return known, unknown
 
-    def decode(self, items: np.ndarray) -> list[str]:
-        return [self.skus[item - 1] for item in items]
+    def decode(self, items: np.ndarray | list[int]) -> list[str]:
+        skus = self.skus
+        return [skus[item - 1] for item in np.asarray(items).tolist()]  # Python ints index faster
 
 
 @dataclass

@@ -114,11 +114,11 @@ def real_positions(lengths: torch.Tensor, width: int) -> torch.Tensor:
 def padded_items(sequences: list[np.ndarray], max_length: int) -> tuple[np.ndarray, np.ndarray]:
     """Right-padded [batch, time] ids of each sequence's latest `max_length` items, and the lengths."""
     trimmed = [np.asarray(sequence, dtype=np.int64)[-max_length:] for sequence in sequences]
-    lengths = np.array([len(sequence) for sequence in trimmed], dtype=np.int64)
-    items = np.full((len(trimmed), int(lengths.max())), PADDING_ID, dtype=np.int64)
+    lengths = [len(sequence) for sequence in trimmed]
+    items = np.full((len(trimmed), max(lengths)), PADDING_ID, dtype=np.int64)
     for row, sequence in enumerate(trimmed):
         items[row, : len(sequence)] = sequence
-    return items, lengths
+    return items, np.array(lengths, dtype=np.int64)
 
 
 def pad_batch(sequences: list[np.ndarray], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,7 +168,10 @@ class LSTMRanker:
         self.item_skip_bias = None if model.item_skip is None else array(model.item_skip.bias)
         self.item_transition = None if model.item_transition is None else array(model.item_transition.weight)
         tied = model.output_embedding is None
-        self.output_embedding = self.item_embedding if tied else array(model.output_embedding.weight)
+        output_embedding = self.item_embedding if tied else array(model.output_embedding.weight)
+        # The output vectors as columns: OpenBLAS is up to 7 times slower on the transposed view for batches
+        # of 2 to 64 rows (and no faster on the others).
+        self.output_columns = np.ascontiguousarray(output_embedding.T)  # [embedding, n_items]
         self.output_bias = array(model.output_bias)
         self.output_bias[PADDING_ID] = -np.inf
         threadpool_limits(limits=1, user_api="blas")
@@ -177,22 +180,34 @@ class LSTMRanker:
         """[batch, hidden] LSTM state after each row's last item. Rows run longest first, and a row leaves
         the batch when its items end: no work is spent on padding (as packing does in torch)."""
         h = self.hidden_dim
-        order = (-lengths).argsort(kind="stable")
-        items, lengths = items[order], lengths[order]
-        real = np.arange(items.shape[1]) < lengths[:, None]
-        input_gates = np.zeros((*items.shape, 4 * h), dtype=np.float32)
-        input_gates[real] = self.item_embedding[items[real]] @ self.input_weights + self.gate_bias
+        if len(items) > 1:
+            order = (-lengths).argsort(kind="stable")
+            items, lengths = items[order], lengths[order]
+        if lengths[-1] == items.shape[1]:  # no padding (a single session, say): no mask to apply
+            input_gates = (self.item_embedding[items.ravel()] @ self.input_weights).reshape(*items.shape, 4 * h)
+            input_gates += self.gate_bias
+        else:
+            real = np.arange(items.shape[1]) < lengths[:, None]
+            input_gates = np.zeros((*items.shape, 4 * h), dtype=np.float32)
+            input_gates[real] = self.item_embedding[items[real]] @ self.input_weights + self.gate_bias
         last = np.empty((len(items), h), dtype=np.float32)
-        hidden = cell = np.zeros((len(items), h), dtype=np.float32)
-        for step, going in enumerate(real.sum(axis=0).tolist()):
+        # The first step starts from zero state: no recurrent product, and the cell is just i * g.
+        activated = np.tanh(input_gates[:, 0])
+        gates = activated * 0.5 + 0.5  # i, f, o as sigmoids (their inputs were halved)
+        cell = gates[:, :h] * activated[:, 2 * h : 3 * h]
+        hidden = gates[:, 3 * h :] * np.tanh(cell)
+        going_per_step = (lengths[:, None] > np.arange(1, items.shape[1])).sum(axis=0).tolist()
+        for step, going in enumerate(going_per_step, start=1):
             if going < len(hidden):  # rows whose items ended at the previous step
                 last[going : len(hidden)] = hidden[going:]
                 hidden, cell = hidden[:going], cell[:going]
             activated = np.tanh(input_gates[:going, step] + hidden @ self.hidden_weights)
-            gates = activated * 0.5 + 0.5  # i, f, o as sigmoids (their inputs were halved)
+            gates = activated * 0.5 + 0.5
             cell = gates[:, h : 2 * h] * cell + gates[:, :h] * activated[:, 2 * h : 3 * h]
             hidden = gates[:, 3 * h :] * np.tanh(cell)
         last[: len(hidden)] = hidden
+        if len(items) == 1:
+            return last
         in_given_order = np.empty_like(last)
         in_given_order[order] = last
         return in_given_order
@@ -205,11 +220,13 @@ class LSTMRanker:
             in_item_space += self.item_embedding[latest] @ self.item_skip + self.item_skip_bias
         if self.item_transition is not None:
             in_item_space += self.item_transition[latest]
-        logits = in_item_space @ self.output_embedding.T
+        logits = in_item_space @ self.output_columns
         logits += self.output_bias
         return logits
 
-    def rank(self, prefixes: list[np.ndarray], k: int, exclude_seen: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def rank(
+        self, prefixes: list[np.ndarray] | list[list[int]], k: int, exclude_seen: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k item ids and their softmax probabilities for each prefix: two [n, k] arrays, best first.
         With `exclude_seen`, the prefix's own items are not ranked; a row with fewer than k rankable items
         ends with the padding id 0 (callers drop it)."""
@@ -227,11 +244,12 @@ class LSTMRanker:
             top_logits = logits[rows, top_items]
             if exclude_seen:
                 top_items[top_logits == -np.inf] = PADDING_ID
-            highest = top_logits[:, :1]
-            logits -= highest
+            logits -= top_logits[:, :1]  # minus the highest: exp cannot overflow
             np.exp(logits, out=logits)
             items_out.append(top_items)
-            scores_out.append(np.exp(top_logits - highest) / logits.sum(axis=1, keepdims=True))
+            scores_out.append(logits[rows, top_items] / logits.sum(axis=1, keepdims=True))
+        if len(items_out) == 1:  # one batch, as when serving
+            return items_out[0], scores_out[0]
         if not items_out:
             return np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=np.float32)
         return np.concatenate(items_out), np.concatenate(scores_out)
