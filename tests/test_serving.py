@@ -5,11 +5,12 @@ import logging
 import time
 
 import pytest
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from serving_support import publish_small_bundle, small_bundle
 
-from postmodern.serving.app import ServingConfig, create_app
+from postmodern.serving.app import DirectRoute, ServingConfig, create_app
 from postmodern.serving.registry import ModelSource
 
 SKUS = [f"sku{i}" for i in range(1, 21)]
@@ -216,6 +217,9 @@ def test_an_api_key_guards_ranking_and_reloads_but_not_health(bundle_dir, caplog
             assert client.get(route).status_code == 200
         spec = client.get("/openapi.json").json()
         assert "APIKeyHeader" in spec["components"]["securitySchemes"]
+        for path, method in (("/invocations", "post"), ("/recommend", "get"), ("/reload", "post")):
+            assert spec["paths"][path][method]["security"] == [{"APIKeyHeader": []}]
+        assert "security" not in spec["paths"]["/ping"]["get"]
     assert key not in caplog.text
 
 
@@ -264,3 +268,22 @@ def test_the_registry_is_watched_for_new_bundles(tmp_path):
         while client.get("/ping").json()["model_version"] != "v2":
             assert time.monotonic() < deadline, "the new bundle was not picked up in 20 s"
             time.sleep(0.05)
+
+
+def test_a_direct_route_refuses_an_endpoint_that_fastapi_would_have_to_feed():
+    app = FastAPI()
+
+    async def with_a_query(request: Request, k: int = 3) -> Response:
+        return Response()
+
+    async def alone(request: Request) -> Response:
+        return Response()
+
+    with pytest.raises(TypeError, match="takes the Request alone"):
+        app.router.add_api_route("/query", with_a_query, methods=["POST"], route_class_override=DirectRoute)
+    with pytest.raises(TypeError, match="no dependencies"):
+        app.router.add_api_route(
+            "/guarded", alone, methods=["POST"], route_class_override=DirectRoute, dependencies=[Depends(lambda: None)]
+        )
+    app.router.add_api_route("/direct", alone, methods=["POST"], route_class_override=DirectRoute)
+    assert TestClient(app).post("/direct").status_code == 200
