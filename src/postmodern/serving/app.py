@@ -33,13 +33,14 @@ from pydantic_core import to_json  # a few times faster than json.dumps for thes
 
 from postmodern.config import Settings
 from postmodern.model.bundle import BundleError, Recommendation, SessionRecommender
+from postmodern.serving.batching import BatchedRanking
 from postmodern.serving.metrics import RequestMetricsMiddleware, ServingMetrics
 from postmodern.serving.registry import ModelSource
 from postmodern.serving.served_model import ServedModel
 
 API_KEY_HEADER = "X-API-Key"
 API_KEY_SCHEME = "APIKeyHeader"  # its name in the OpenAPI spec
-# Requests this small are ranked on the event loop: a thread hand-off would cost more than the ranking.
+# Passes of ranking this small run on the event loop: a thread hand-off would cost more than the ranking.
 INLINE_RANKING_MAX_SESSIONS = 8
 
 
@@ -241,13 +242,12 @@ def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig
             raise HTTPException(503, served.last_error or "the model is still loading")
         return recommender
 
+    batched = BatchedRanking(INLINE_RANKING_MAX_SESSIONS)
+
     async def rank(
         recommender: SessionRecommender, sessions: list[list[str]], k: int, exclude_seen: bool
     ) -> list[Recommendation]:
-        if len(sessions) <= INLINE_RANKING_MAX_SESSIONS:
-            results = recommender.recommend(sessions, k, exclude_seen)
-        else:
-            results = await run_in_threadpool(recommender.recommend, sessions, k, exclude_seen)
+        results = await batched.rank(recommender, sessions, k, exclude_seen)
         fallbacks = sum(r.fallback for r in results)
         metrics.record_sessions(len(results) - fallbacks, fallbacks, sum(len(r.unknown_skus) for r in results))
         return results

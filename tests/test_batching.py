@@ -1,0 +1,129 @@
+"""Requests that arrive together are ranked in one pass, and each gets what it would have got alone."""
+
+import asyncio
+import threading
+
+import pytest
+from serving_support import small_bundle
+
+from postmodern.model.bundle import SessionRecommender
+from postmodern.serving.batching import BatchedRanking
+
+SKUS = [f"sku{i}" for i in range(1, 21)]
+
+
+class CountingRecommender(SessionRecommender):
+    """A real recommender that notes each pass: its sessions, k, and the thread that ran it."""
+
+    def __init__(self, version: str, fail: bool = False):
+        super().__init__(small_bundle(version, SKUS, seed=len(version)))
+        self.passes: list[tuple[list[list[str]], int, bool, str]] = []
+        self.fail = fail
+
+    def recommend(self, sessions, k, exclude_seen=False):
+        self.passes.append((sessions, k, exclude_seen, threading.current_thread().name))
+        if self.fail:
+            raise RuntimeError("broken model")
+        return super().recommend(sessions, k, exclude_seen)
+
+
+def alone(recommender: CountingRecommender, sessions, k, exclude_seen):
+    return SessionRecommender.recommend(recommender, sessions, k, exclude_seen)
+
+
+def test_requests_read_together_are_ranked_in_one_pass_each_as_if_alone():
+    recommender = CountingRecommender("v1")
+    requests = [
+        ([["sku1", "sku2"]], 3, False),
+        ([["sku5"], ["nope"]], 10, False),
+        ([["sku1", "sku2", "sku3"]], 5, True),
+        ([["sku9", "sku1"]], 20, False),
+        ([["sku2"]], 1, True),
+    ]
+
+    async def together():
+        batching = BatchedRanking(inline_max_sessions=8)
+        return await asyncio.gather(*(batching.rank(recommender, *request) for request in requests))
+
+    answers = asyncio.run(together())
+    assert answers == [alone(recommender, *request) for request in requests]
+    # one pass per exclude_seen, with the largest k asked, on the event loop's thread
+    assert sorted((len(sessions), k, exclude_seen) for sessions, k, exclude_seen, _ in recommender.passes) == [
+        (2, 5, True),
+        (4, 20, False),
+    ]
+    assert {thread for *_, thread in recommender.passes} == {threading.main_thread().name}
+    assert [len(answer[0].items) for answer in answers] == [3, 10, 5, 20, 1]
+
+
+def test_requests_one_after_another_are_ranked_alone():
+    recommender = CountingRecommender("v1")
+
+    async def in_turn():
+        batching = BatchedRanking(inline_max_sessions=8)
+        return [await batching.rank(recommender, [["sku3"]], k, False) for k in (2, 4)]
+
+    first, second = asyncio.run(in_turn())
+    assert [k for _, k, _, _ in recommender.passes] == [2, 4]
+    assert second[0].items[:2] == first[0].items
+
+
+def test_each_request_is_ranked_by_the_model_it_started_with():
+    old, new = CountingRecommender("old"), CountingRecommender("new-model")
+
+    async def across_a_swap():
+        batching = BatchedRanking(inline_max_sessions=8)
+        return await asyncio.gather(batching.rank(old, [["sku1"]], 5, False), batching.rank(new, [["sku1"]], 5, False))
+
+    from_old, from_new = asyncio.run(across_a_swap())
+    assert len(old.passes) == len(new.passes) == 1
+    assert from_old == alone(old, [["sku1"]], 5, False) and from_new == alone(new, [["sku1"]], 5, False)
+    assert from_old != from_new  # different weights, different scores
+
+
+def test_large_passes_run_in_a_worker_thread():
+    recommender = CountingRecommender("v1")
+
+    async def large():
+        batching = BatchedRanking(inline_max_sessions=2)
+        return await asyncio.gather(
+            batching.rank(recommender, [["sku1"], ["sku2"]], 3, False), batching.rank(recommender, [["sku4"]], 3, False)
+        )
+
+    answers = asyncio.run(large())
+    (thread,) = {thread for *_, thread in recommender.passes}
+    assert thread != threading.main_thread().name
+    assert answers == [alone(recommender, [["sku1"], ["sku2"]], 3, False), alone(recommender, [["sku4"]], 3, False)]
+
+
+@pytest.mark.parametrize("inline_max_sessions", [8, 0])
+def test_a_failed_pass_fails_its_own_requests_only(inline_max_sessions):
+    broken, working = CountingRecommender("broken", fail=True), CountingRecommender("v1")
+
+    async def mixed():
+        batching = BatchedRanking(inline_max_sessions)
+        return await asyncio.gather(
+            batching.rank(broken, [["sku1"]], 3, False),
+            batching.rank(working, [["sku1"]], 3, False),
+            batching.rank(broken, [["sku2"]], 3, False),
+            return_exceptions=True,
+        )
+
+    first, second, third = asyncio.run(mixed())
+    assert isinstance(first, RuntimeError) and isinstance(third, RuntimeError)
+    assert second == alone(working, [["sku1"]], 3, False)
+
+
+def test_a_request_cancelled_while_it_waits_leaves_the_others_answered():
+    recommender = CountingRecommender("v1")
+
+    async def one_cancelled():
+        batching = BatchedRanking(inline_max_sessions=8)
+        gone = asyncio.ensure_future(batching.rank(recommender, [["sku1"]], 3, False))
+        kept = asyncio.ensure_future(batching.rank(recommender, [["sku2"]], 3, False))
+        await asyncio.sleep(0)  # both have joined the pass
+        gone.cancel()
+        return await kept, gone.cancelled()
+
+    kept, cancelled = asyncio.run(one_cancelled())
+    assert cancelled and kept == alone(recommender, [["sku2"]], 3, False)
