@@ -96,7 +96,24 @@ def test_large_passes_run_in_a_worker_thread():
     assert answers == [alone(recommender, [["sku1"], ["sku2"]], 3, False), alone(recommender, [["sku4"]], 3, False)]
 
 
-@pytest.mark.parametrize("inline_max_sessions", [8, 0])
+def test_a_large_request_is_ranked_alone_in_a_thread_and_holds_up_no_small_one():
+    recommender = CountingRecommender("v1")
+    large = [[f"sku{i}"] for i in range(1, 5)]
+
+    async def mixed():
+        batching = BatchedRanking(inline_max_sessions=3)
+        return await asyncio.gather(
+            batching.rank(recommender, large, 2, False), batching.rank(recommender, [["sku7"]], 2, False)
+        )
+
+    answers = asyncio.run(mixed())
+    passes = {len(sessions): thread for sessions, _, _, thread in recommender.passes}
+    assert set(passes) == {4, 1}
+    assert passes[1] == threading.main_thread().name and passes[4] != threading.main_thread().name
+    assert answers == [alone(recommender, large, 2, False), alone(recommender, [["sku7"]], 2, False)]
+
+
+@pytest.mark.parametrize("inline_max_sessions", [8, 1])  # the broken pass on the loop, or in a thread
 def test_a_failed_pass_fails_its_own_requests_only(inline_max_sessions):
     broken, working = CountingRecommender("broken", fail=True), CountingRecommender("v1")
 

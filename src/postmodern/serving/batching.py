@@ -1,7 +1,7 @@
 """Requests that arrive together are ranked together.
 
-The sessions of every request read in one turn of the event loop wait for the next turn and are then
-ranked in one pass (per model and `exclude_seen`, with the largest k asked, cut back per request). An
+The sessions of every small request read in one turn of the event loop wait for the next turn and are
+then ranked in one pass (per model and `exclude_seen`, with the largest k asked, cut back per request). An
 idle server ranks each request alone, one turn later. A busy one, or one that the machine paused for a
 moment, ranks its backlog in a few passes that cost far less per session than one pass each (one LSTM
 pass over the batch, one product with the catalogue), so a queue drains faster than it would otherwise.
@@ -49,7 +49,8 @@ class _Pass:
 class BatchedRanking:
     def __init__(self, inline_max_sessions: int) -> None:
         """Passes of at most `inline_max_sessions` sessions run on the event loop (a thread hand-off would
-        cost more than ranking them); larger ones in a worker thread, while the loop goes on reading."""
+        cost more than ranking them); larger ones in a worker thread, while the loop goes on reading. A
+        request larger than that is ranked alone, in a thread."""
         self.inline_max_sessions = inline_max_sessions
         self._waiting: dict[tuple[int, bool], _Pass] = {}
         self._in_threads: set[asyncio.Task] = set()  # referenced until done, as asyncio asks
@@ -57,6 +58,8 @@ class BatchedRanking:
     async def rank(
         self, recommender: SessionRecommender, sessions: list[list[str]], k: int, exclude_seen: bool
     ) -> list[Recommendation]:
+        if len(sessions) > self.inline_max_sessions:  # large enough to rank alone, and not hold up small ones
+            return await run_in_threadpool(recommender.recommend, sessions, k, exclude_seen)
         loop = asyncio.get_running_loop()
         if not self._waiting:
             loop.call_soon(self._rank_waiting)  # runs after every request read in this turn has joined
