@@ -199,6 +199,17 @@ def test_metrics_count_requests_time_them_and_name_the_model(client):
     assert 'route="unmatched",status="404"' in client.get("/metrics").text  # raw paths never become labels
 
 
+def test_an_unexpected_error_in_ranking_is_a_counted_500_and_other_methods_get_405(bundle_dir):
+    with TestClient(create_app(bundle_dir, LIMITS), raise_server_exceptions=False) as client:
+        recommender = client.app.state.served.recommender
+        recommender.recommend = lambda *args: 1 / 0
+        assert post(client, {"sessions": [["sku1"]]}).status_code == 500
+        assert client.get("/invocations").status_code == 405
+        text = client.get("/metrics").text
+    assert 'postmodern_requests_total{method="POST",route="/invocations",status="500"} 1.0' in text
+    assert 'postmodern_requests_total{method="GET",route="/invocations",status="405"} 1.0' in text
+
+
 def test_an_api_key_guards_ranking_and_reloads_but_not_health(bundle_dir, caplog):
     key = "s3cret-serving-key"
     config = ServingConfig(reload_seconds=0, api_key=SecretStr(key))

@@ -22,14 +22,16 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_core import to_json  # a few times faster than json.dumps for these lists of floats
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from postmodern.config import Settings
 from postmodern.model.bundle import BundleError, Recommendation, SessionRecommender
@@ -191,7 +193,46 @@ class DirectRoute(APIRoute):
         return self.endpoint
 
 
-def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig()) -> FastAPI:
+class ServingApp(FastAPI):
+    """FastAPI, with a shortcut for DirectRoutes: their requests skip the middleware stack and the router
+    too (a tenth of the time of a request to /invocations) and are answered as the stack would answer
+    them: counted in the metrics, an HTTPException as FastAPI's JSON, any other error as the server's 500.
+    So middleware added to the app applies to the other routes only; the metrics middleware is its own."""
+
+    def __init__(self, metrics: ServingMetrics, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.metrics = metrics
+        self.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+        self._direct: dict[tuple[str, str], ASGIApp] = {}
+
+    def add_direct_route(
+        self, path: str, endpoint: Callable[[Request], Awaitable[Response]], method: str, **kwargs: Any
+    ) -> None:
+        """Declare a DirectRoute (`kwargs` as for `add_api_route`) and answer it ahead of the stack."""
+        self.router.add_api_route(path, endpoint, methods=[method], route_class_override=DirectRoute, **kwargs)
+        route = self.router.routes[-1]
+
+        async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+            scope["route"] = route  # what the router would note, for the metrics' label
+            request = Request(scope, receive, send)
+            try:
+                response = await endpoint(request)
+            except HTTPException as error:
+                response = await http_exception_handler(request, error)
+            await response(scope, receive, send)
+
+        self._direct[(method, path)] = RequestMetricsMiddleware(answer, self.metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        direct = self._direct.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
+        if direct is None:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        await direct(scope, receive, send)
+
+
+def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig()) -> ServingApp:
     """The app for one model source. The model loads at start-up; if it cannot, the app still starts
     (live, not ready) and serves the first bundle that loads."""
     metrics = ServingMetrics()
@@ -217,7 +258,8 @@ def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig
         if on_main_thread:
             loop.remove_signal_handler(signal.SIGHUP)
 
-    app = FastAPI(
+    app = ServingApp(
+        metrics,
         title="Post-Modern Stack recommender",
         version="1",
         description=__doc__,
@@ -227,7 +269,6 @@ def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.served = served
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     check_api_key = api_key_check(config.api_key) if config.api_key else None
     auth = [Depends(check_api_key)] if check_api_key else []
     auth_problem = {401: {"model": Problem, "description": f"Missing or wrong {API_KEY_HEADER}"}} if auth else {}
@@ -252,7 +293,7 @@ def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig
         metrics.record_sessions(len(results) - fallbacks, fallbacks, sum(len(r.unknown_skus) for r in results))
         return results
 
-    # The route that takes the load: first, as routes are matched in order.
+    # The route that takes the load.
     async def invocations(request: Request) -> Response:
         if check_api_key:
             check_api_key(request.headers.get(API_KEY_HEADER))
@@ -267,11 +308,10 @@ def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig
         }
         return Response(to_json(payload), media_type="application/json")
 
-    app.router.add_api_route(
+    app.add_direct_route(
         "/invocations",
         invocations,
-        methods=["POST"],
-        route_class_override=DirectRoute,
+        "POST",
         response_model=InvocationResponse,
         summary="Next-item recommendations for a batch of sessions",
         responses={
