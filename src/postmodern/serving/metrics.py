@@ -45,6 +45,9 @@ class ServingMetrics:
             registry=self.registry,
         )
         self.unknown_skus = Counter("postmodern_unknown_skus", "SKUs the model did not know.", registry=self.registry)
+        # labelled once: `labels()` takes a lock and builds a key on every call, and this runs per request
+        self._ranked_by_model = self.sessions.labels("model")
+        self._ranked_by_fallback = self.sessions.labels("fallback")
 
     def record_reload(self, outcome: str, version: str | None) -> None:
         self.reloads.labels(outcome).inc()
@@ -54,9 +57,9 @@ class ServingMetrics:
 
     def record_sessions(self, ranked_by_model: int, fallbacks: int, unknown_skus: int) -> None:
         if ranked_by_model:
-            self.sessions.labels("model").inc(ranked_by_model)
+            self._ranked_by_model.inc(ranked_by_model)
         if fallbacks:
-            self.sessions.labels("fallback").inc(fallbacks)
+            self._ranked_by_fallback.inc(fallbacks)
         if unknown_skus:
             self.unknown_skus.inc(unknown_skus)
 
