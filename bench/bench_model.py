@@ -214,7 +214,7 @@ def main() -> None:
     )
     parser.add_argument("--path", type=Path, help="the source's file or folder (with --source)")
     parser.add_argument("--search-size", type=int, default=2, help="LSTM candidates to train (default 2)")
-    parser.add_argument("--epochs", type=int, default=6, help="most epochs per LSTM candidate (default 6)")
+    parser.add_argument("--epochs", type=int, default=8, help="most epochs per LSTM candidate (default 8)")
     parser.add_argument("--throughput-batches", type=int, default=40, help="mini-batches timed per loss (default 40)")
     parser.add_argument(
         "--workdir", type=Path, help="where to keep (and later reuse) the data (default: a temporary folder)"
