@@ -204,6 +204,13 @@ def test_a_bundle_from_before_the_item_skip_loads_as_it_was_trained(trained, tmp
     )
 
 
+def assert_serves_as_ranked(model: LSTMRecommender, bundle_directory, vocabulary: Vocabulary) -> None:
+    """The saved bundle, loaded for serving, recommends what the ranker of `model` ranks."""
+    loaded = SessionRecommender(ModelBundle.load(bundle_directory))
+    expected = LSTMRanker(model).rank([np.array([1, 2])], k=4)[0][0]
+    assert [sku for sku, _ in loaded.recommend([["sku1", "sku2"]], k=4)[0].items] == vocabulary.decode(expected)
+
+
 def test_an_untied_model_scores_with_its_own_output_embeddings_and_round_trips(trained, tmp_path):
     splits, _ = trained
     model = LSTMRecommender(LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=8, hidden_dim=8, tied_output=False))
@@ -217,9 +224,7 @@ def test_an_untied_model_scores_with_its_own_output_embeddings_and_round_trips(t
         atol=1e-5,
     )
     directory = make_bundle(model, splits.vocabulary, splits.train_counts, {}).save(tmp_path / "untied")
-    loaded = SessionRecommender(ModelBundle.load(directory))
-    expected = LSTMRanker(model).rank([np.array([1, 2])], k=4)[0][0]
-    assert [sku for sku, _ in loaded.recommend([["sku1", "sku2"]], k=4)[0].items] == splits.vocabulary.decode(expected)
+    assert_serves_as_ranked(model, directory, splits.vocabulary)
 
 
 def test_item_transition_vectors_score_in_numpy_as_in_torch_and_round_trip(trained, tmp_path):
@@ -242,9 +247,7 @@ def test_item_transition_vectors_score_in_numpy_as_in_torch_and_round_trip(train
         model.item_transition.weight[4] = 0
     assert not np.allclose(LSTMRanker(model).logits(*padded_items(prefixes, 20))[1], with_transitions[1])
     directory = make_bundle(model, splits.vocabulary, splits.train_counts, {}).save(tmp_path / "transitions")
-    loaded = SessionRecommender(ModelBundle.load(directory))
-    expected = LSTMRanker(model).rank([np.array([1, 2])], k=4)[0][0]
-    assert [sku for sku, _ in loaded.recommend([["sku1", "sku2"]], k=4)[0].items] == splits.vocabulary.decode(expected)
+    assert_serves_as_ranked(model, directory, splits.vocabulary)
 
 
 def test_incomplete_or_foreign_bundles_are_refused(trained, tmp_path):

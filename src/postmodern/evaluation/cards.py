@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from metaflow.cards import Markdown, Table, VegaChart
 
+from postmodern.evaluation.suite_card import VEGA_LITE
 from postmodern.transform.dag import Dag
 from postmodern.transform.quality import QualityReport
 
@@ -49,7 +50,7 @@ def dag_chart_spec(dag: Dag) -> dict:
     x = {"field": "layer", "type": "quantitative", "axis": None, "scale": {"padding": 40}}
     y = {"field": "row", "type": "quantitative", "axis": None, "scale": {"reverse": True, "padding": 30}}
     return {
-        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "$schema": VEGA_LITE,
         "width": 700,
         "height": 60 + 50 * max(layer_positions.values(), default=1),
         "layer": [
@@ -166,7 +167,7 @@ def tuning_card_components(results: list[dict], histories: list[list[dict]]) -> 
         Table(rows, headers=["candidate", *knobs, "validation MRR@20"]),
         VegaChart(
             {
-                "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+                "$schema": VEGA_LITE,
                 "data": {"values": curves},
                 "mark": {"type": "line", "point": True},
                 "width": 400,
