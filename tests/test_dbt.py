@@ -6,6 +6,7 @@ from conftest import make_settings
 
 from postmodern.data.load import load_source
 from postmodern.transform.dbt_runner import run_dbt_build
+from postmodern.transform.quality import quality_report
 from postmodern.warehouse import connect
 
 HEADER = "session_id_hash,event_type,product_action,product_sku_hash,server_timestamp_epoch_ms,hashed_url\n"
@@ -122,11 +123,16 @@ def test_an_incremental_build_equals_a_full_refresh(tmp_path, tiny_data):
     load_rows(full, tmp_path / "b", second, catalogue_skus=None)
     run_dbt_build(full)
     assert not build.failed_tests
-    # load ids and times differ between the two warehouses; everything else must be equal
+    # load ids and times, and the invocations that built rows, differ; everything else must be equal
+    built = "dbt_invocation_id"
     for model, key, differing in (
-        ("stg_browsing_events", "session_id, event_epoch_ms, event_type, product_sku", "etl_id, etl_timestamp"),
-        ("int_session_starts", "session_id", "last_etl_timestamp"),
-        ("sessions", "session_id", "last_etl_timestamp"),
+        (
+            "stg_browsing_events",
+            "session_id, event_epoch_ms, event_type, product_sku",
+            f"etl_id, etl_timestamp, {built}",
+        ),
+        ("int_session_starts", "session_id", f"last_etl_timestamp, {built}"),
+        ("sessions", "session_id", f"last_etl_timestamp, {built}"),
         ("data_health_daily", "event_date", "last_etl_timestamp"),
     ):
         sql = f'select * exclude ({differing}) from "{{schema}}".{model} order by {key}'
@@ -135,8 +141,6 @@ def test_an_incremental_build_equals_a_full_refresh(tmp_path, tiny_data):
 
 
 def build_and_report(settings):
-    from postmodern.transform.quality import quality_report
-
     build = run_dbt_build(settings)
     return build, quality_report(settings, build)
 
@@ -169,6 +173,34 @@ def test_a_raw_event_with_an_implausible_timestamp_stops_training(tmp_path):
 
     with pytest.raises(DataQualityError, match="assert_event_timestamps_plausible FAILED"):
         stop_unless_passed(report)
+
+
+def test_an_incremental_build_tests_the_rows_it_built(tmp_path):
+    settings = make_settings(tmp_path)
+    load_rows(settings, tmp_path / "first", GOOD_ROWS)
+    run_dbt_build(settings)
+    load_rows(settings, tmp_path / "second", [row.replace("s", "t", 1) for row in GOOD_ROWS[:3]])
+    build, report = build_and_report(settings)
+    assert report.passed
+    built_by = "select session_id from \"{schema}\".%s where dbt_invocation_id = '%s' order by session_id"
+    invocation = build.manifest["metadata"]["invocation_id"]
+    assert [row["session_id"] for row in query(settings, built_by % ("sessions", invocation))] == ["t1", "t2"]
+    assert len(query(settings, built_by % ("stg_browsing_events", invocation))) == 3
+
+    third = load_rows(settings, tmp_path / "third", [GOOD_ROWS[0].replace("s1", "u1")])
+    seconds_not_ms = (
+        '{"session_id_hash": "u9", "event_type": "event_product", "product_action": "detail", '
+        '"product_sku_hash": "b", "server_timestamp_epoch_ms": 1550000001, "hashed_url": "u"}'
+    )
+    execute(
+        settings,
+        "insert into \"{schema}\".COVEO_DATASET_RAW select ?, max(etl_timestamp), ?, 'event_product', null, "
+        'cast(? as json) from "{schema}".COVEO_DATASET_RAW',
+        [third.etl_id, settings.application_api_key, seconds_not_ms],
+    )
+    _, report = build_and_report(settings)
+    assert failing_names(report) == ["assert_event_timestamps_plausible"]
+    assert [row["session_id"] for row in report.failures[0].sample] == ["u9"]
 
 
 def test_an_event_from_an_unrecorded_load_stops_training(tmp_path):
@@ -207,12 +239,14 @@ def test_too_many_skus_missing_from_the_catalogue_stop_training(tmp_path):
     ],
 )
 def test_a_corrupted_session_mart_stops_training(tmp_path, corruption, test_name):
-    # The mart is incremental: rows no new event touches are kept as they are, so corruption persists.
+    # The mart is incremental: rows no new event touches are kept as they are, so corruption persists. An
+    # incremental build tests the rows it built; auditing every row finds the corruption.
     settings = make_settings(tmp_path)
     load_rows(settings, tmp_path / "in", GOOD_ROWS)
     run_dbt_build(settings)
     execute(settings, corruption)
-    _, report = build_and_report(settings)
+    assert quality_report(settings, run_dbt_build(settings)).passed
+    report = quality_report(settings, run_dbt_build(settings, test_every_row=True))
     assert failing_names(report) == [test_name]
     assert report.failures[0].sample
 

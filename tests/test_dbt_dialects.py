@@ -28,7 +28,8 @@ def render(dialect: str, call: str) -> str:
             return getattr(module, f"{dialect}__{name}", None) or getattr(module, f"default__{name}")
 
     source = "\n".join(path.read_text() for path in sorted(MACROS.glob("*.sql")))
-    module = jinja2.Environment().from_string(source).make_module({"adapter": Adapter(), "return": do_return})
+    environment = jinja2.Environment(extensions=["jinja2.ext.do"])  # dbt's `{% do %}`
+    module = environment.from_string(source).make_module({"adapter": Adapter(), "return": do_return})
     try:
         return str(eval(call, {"m": module}))  # noqa: S307 - the calls are the literals below
     except Returned as returned:
@@ -39,9 +40,14 @@ CASES = [
     ("m.document_field('raw_data', 'a')", "cast(raw_data['a'] as varchar)", "raw_data:a::varchar"),
     ("m.document_field('raw_data', 'ts', 'bigint')", "cast(raw_data['ts'] as bigint)", "raw_data:ts::bigint"),
     (
-        "m.ordered_array_agg('sku', 'ts, rank')",
-        "list(sku order by ts, rank)",
-        "array_agg(sku) within group (order by ts, rank)",
+        "m.sorted_records([('ts', 'ts'), ('sku', 'lower(sku)')])",
+        "list_sort(list(struct_pack(ts := ts, sku := lower(sku))))",
+        "array_agg(object_construct_keep_null('ts', ts, 'sku', lower(sku))) within group (order by ts, lower(sku))",
+    ),
+    (
+        "m.record_field('records', 'sku', 'varchar')",
+        "list_transform(records, lambda record: cast(record.sku as varchar))",
+        "transform(records, record object -> record:sku::varchar)",
     ),
     ("m.epoch_ms_to_timestamp('ts')", "epoch_ms(ts)", "to_timestamp_ntz(ts, 3)"),
     ("m.array_size('items')", "len(items)", "array_size(items)"),
@@ -64,7 +70,8 @@ def test_snowflake_renderings_are_valid_snowflake_sql(call, duckdb_sql, snowflak
 def test_duckdb_renderings_compute_the_right_values():
     events = """(values ('s', 'b', 2000, 1, '{"session_id_hash": "s"}'::json::variant), ('s', 'a', 1000, 1, '{}'))
                 as events(session, sku, ts, rank, raw_data)"""
-    items = render("duckdb", "m.ordered_array_agg('sku', 'ts, rank')")
+    records = render("duckdb", "m.sorted_records([('ts', 'ts'), ('rank', 'rank'), ('sku', 'sku')])")
+    items = render("duckdb", f"m.record_field({records!r}, 'sku', 'varchar')")
     distinct_sessions = render("duckdb", "m.distinct_array('list(session)')")
     row = duckdb.sql(f"""
         select {items} as items,

@@ -3,6 +3,9 @@
 -- constants, so every row is compared as a plain integer.
 select session_id, event_epoch_ms, etl_id
 from {{ ref('stg_browsing_events') }}
-where event_epoch_ms is null
-   or event_epoch_ms < 946684800000
-   or event_epoch_ms > {{ ((run_started_at.timestamp() + 86400) * 1000) | int }}
+where {{ built_this_run() }}
+  and (
+      event_epoch_ms is null
+      or event_epoch_ms < 946684800000
+      or event_epoch_ms > {{ ((run_started_at.timestamp() + 86400) * 1000) | int }}
+  )

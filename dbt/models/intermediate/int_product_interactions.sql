@@ -13,8 +13,8 @@ final as (
         product_sku,
         product_action,
         event_epoch_ms,
-        event_at,
         etl_timestamp,
+        dbt_invocation_id,
         {{ action_rank('product_action') }} as action_rank
     from events
     where event_type = 'event_product'

@@ -2,7 +2,8 @@
 -- Incremental: a session with new events gets its built row merged with the new events' counts and bounds.
 -- Staging's new rows are events never seen before, so history is never re-read.
 -- depends_on: {{ ref('stg_browsing_events') }}
-{{ config(materialized='incremental', unique_key=['api_key', 'session_id'], incremental_strategy='delete+insert') }}
+{{ config(materialized='incremental', unique_key=['api_key', 'session_id'], incremental_strategy='delete+insert',
+          on_schema_change='append_new_columns') }}
 
 with
 
@@ -20,8 +21,9 @@ counts as (
     select
         api_key,
         session_id,
-        min(event_at) as session_start_at,
-        max(event_at) as session_end_at,
+        -- converted once per session rather than once per event
+        {{ epoch_ms_to_timestamp('min(event_epoch_ms)') }} as session_start_at,
+        {{ epoch_ms_to_timestamp('max(event_epoch_ms)') }} as session_end_at,
         count(*) as n_events,
         sum(case when event_type = 'pageview' then 1 else 0 end) as n_pageviews,
         sum(case when event_type = 'event_product' then 1 else 0 end) as n_product_events,
@@ -80,7 +82,8 @@ final as (
         n_events,
         n_pageviews,
         n_product_events,
-        last_etl_timestamp
+        last_etl_timestamp,
+        {{ built_this_run_column() }}
     from merged
 
 )

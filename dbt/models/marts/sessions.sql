@@ -2,7 +2,8 @@
 -- Incremental: a session with new events (page views included) is rebuilt from its built row's interactions
 -- and its new ones; staging's new rows are events never seen before, so history is never re-read.
 -- depends_on: {{ ref('stg_browsing_events') }}
-{{ config(materialized='incremental', unique_key=['api_key', 'session_id'], incremental_strategy='delete+insert') }}
+{{ config(materialized='incremental', unique_key=['api_key', 'session_id'], incremental_strategy='delete+insert',
+          on_schema_change='append_new_columns') }}
 
 {% set touched_built_rows %}
     (
@@ -54,36 +55,54 @@ sequences as (
     select
         api_key,
         session_id,
-        {{ ordered_array_agg('product_sku', 'event_epoch_ms, action_rank') }} as interactions,
-        {{ ordered_array_agg('product_action', 'event_epoch_ms, action_rank') }} as actions,
-        {{ ordered_array_agg('event_epoch_ms', 'event_epoch_ms, action_rank') }} as timestamps,
+        -- sorted by time, then by the funnel's order for events of the same millisecond
+        {{ sorted_records([
+            ('event_epoch_ms', 'event_epoch_ms'),
+            ('action_rank', 'action_rank'),
+            ('product_sku', 'product_sku'),
+            ('product_action', 'product_action'),
+        ]) }} as interactions_in_order,
         count(*) as n_interactions
     from interactions
     group by api_key, session_id
 
 ),
 
+ordered as (
+
+    select
+        api_key,
+        session_id,
+        {{ record_field('interactions_in_order', 'product_sku', 'varchar') }} as interactions,
+        {{ record_field('interactions_in_order', 'product_action', 'varchar') }} as actions,
+        {{ record_field('interactions_in_order', 'event_epoch_ms', 'bigint') }} as timestamps,
+        n_interactions
+    from sequences
+
+),
+
 final as (
 
     select
-        sequences.session_id,
-        sequences.api_key,
+        ordered.session_id,
+        ordered.api_key,
         starts.session_date,
         starts.session_start_at,
         starts.session_end_at,
-        sequences.interactions,
-        sequences.actions,
-        sequences.timestamps,
-        sequences.n_interactions,
+        ordered.interactions,
+        ordered.actions,
+        ordered.timestamps,
+        ordered.n_interactions,
         -- from the list, not count(distinct ...): a second hash table per session costs more than the list
-        {{ array_size(distinct_array('sequences.interactions')) }} as n_distinct_products,
+        {{ array_size(distinct_array('ordered.interactions')) }} as n_distinct_products,
         starts.n_events,
         starts.n_pageviews,
-        starts.last_etl_timestamp
-    from sequences
+        starts.last_etl_timestamp,
+        {{ built_this_run_column() }}
+    from ordered
     inner join starts
-        on sequences.api_key = starts.api_key
-       and sequences.session_id = starts.session_id
+        on ordered.api_key = starts.api_key
+       and ordered.session_id = starts.session_id
 
 )
 

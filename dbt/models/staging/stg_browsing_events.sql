@@ -1,4 +1,4 @@
-{{ config(materialized='incremental') }}
+{{ config(materialized='incremental', on_schema_change='append_new_columns') }}
 
 {#- The events are read more than once below (to find repeated keys, then to pass events through), so their
     query is inlined rather than a CTE: DuckDB materialises a CTE that is read twice, every event in memory. -#}
@@ -108,8 +108,8 @@ final as (
 
     select
         *,
-        {{ epoch_ms_to_timestamp('event_epoch_ms') }} as event_at,
-        cast({{ epoch_ms_to_timestamp('event_epoch_ms') }} as date) as event_date
+        cast({{ epoch_ms_to_timestamp('event_epoch_ms') }} as date) as event_date,
+        {{ built_this_run_column() }}
     from deduplicated
 
 )

@@ -74,9 +74,11 @@ def run_dbt_build(
     project_dir: Path = DBT_PROJECT_DIR,
     target_path: Path | None = None,
     full_refresh: bool = False,
+    test_every_row: bool = False,
 ) -> DbtBuildResult:
     """`dbt build` (models and tests together) with the seed's vars. Tests that fail are in the result;
-    DbtBuildError when something errored instead."""
+    DbtBuildError when something errored instead. After an incremental build, the large models' tests check
+    the rows it added or rebuilt; `test_every_row` has them check every row."""
     from dbt.cli.main import dbtRunner
 
     # Build state lives with the rest of the run's data, so separate workspaces never share it.
@@ -94,7 +96,7 @@ def run_dbt_build(
         "--log-path",
         str(target_path / "logs"),
         "--vars",
-        json.dumps(settings.dbt_vars()),
+        json.dumps({**settings.dbt_vars(), **({"test_every_row": True} if test_every_row else {})}),
     ]
     started = time.perf_counter()
     outcome = dbtRunner().invoke(["build", *common_args, *(["--full-refresh"] if full_refresh else [])])
