@@ -30,6 +30,12 @@ def run(command: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - started
 
 
+def dbt_elapsed(workdir: Path) -> float:
+    """dbt's own time for the last `dbt build` (run_results.json): the build less Python's and dbt's start-up,
+    parsing and the `source freshness` run."""
+    return json.loads((workdir / "dbt_target" / "run_results.json").read_text())["elapsed_time"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -80,10 +86,12 @@ def main() -> None:
             )
         run([*cli, "load", "--path", str(workdir / "base"), "--quiet"], env)
         full_s = run(build, env)
-        print(f"full build: {full_s:.1f} s", flush=True)
+        full_dbt_s = dbt_elapsed(workdir)
+        print(f"full build: {full_s:.1f} s ({full_dbt_s:.1f} s in dbt)", flush=True)
         run([*cli, "load", "--path", str(workdir / "extra"), "--quiet"], env)
         incremental_s = run(build, env)
-        print(f"incremental build: {incremental_s:.1f} s", flush=True)
+        incremental_dbt_s = dbt_elapsed(workdir)
+        print(f"incremental build: {incremental_s:.1f} s ({incremental_dbt_s:.1f} s in dbt)", flush=True)
         import duckdb
 
         with duckdb.connect(env["DUCKDB_PATH"], read_only=True) as connection:
@@ -103,7 +111,10 @@ def main() -> None:
                 "mart_sessions": mart,
                 "full_build_seconds": round(full_s, 1),
                 "incremental_build_seconds": round(incremental_s, 1),
-                "note": "each build includes dbt's start-up and `source freshness`",
+                "full_build_dbt_elapsed_seconds": round(full_dbt_s, 1),
+                "incremental_build_dbt_elapsed_seconds": round(incremental_dbt_s, 1),
+                "note": "a build's seconds run from process start to exit (Python and dbt start-up, parsing, "
+                "`dbt build`, `source freshness`); dbt_elapsed is `dbt build`'s own elapsed_time",
                 "targets": {"full_build_seconds": 60, "incremental_build_seconds": 10},
             }
         )
