@@ -1,22 +1,15 @@
 {#- Rows that a dbt invocation builds carry its id, so tests can check only those rows: after an incremental
     build, the rows added or rebuilt; after a full refresh, every row. A test opts in with
-    `where: "__built_this_run__"`; `--vars '{"test_every_row": true}'` audits every row without rebuilding. -#}
+    `where: "__built_this_run__"` (a singular test: `config(where=...)` and `get_where_subquery(ref(...))`);
+    `--vars '{"test_every_row": true}'` audits every row without rebuilding. -#}
 {% macro built_this_run_column() -%}
     '{{ invocation_id }}' as dbt_invocation_id
 {%- endmacro %}
 
-{% macro built_this_run() -%}
-    {%- if var('test_every_row', false) -%}
-        true
-    {%- else -%}
-        dbt_invocation_id = '{{ invocation_id }}'
-    {%- endif -%}
-{%- endmacro %}
-
 {#- dbt's own, with `__built_this_run__` replaced when the test runs: a `where` config is rendered when the
-    project is parsed, and partial parsing would keep an earlier invocation's id. The condition is spelled out
-    again rather than calling `built_this_run`: after partial parsing from an older project, dbt's test context
-    did not find this project's macros from here. -#}
+    project is parsed, and partial parsing would keep an earlier invocation's id. The condition is written here
+    rather than in a macro of its own: after partial parsing from an older project, dbt's test context did not
+    find this project's other macros from here. -#}
 {% macro default__get_where_subquery(relation) -%}
     {%- set condition = "true" if var('test_every_row', false) else "dbt_invocation_id = '" ~ invocation_id ~ "'" -%}
     {%- set where = (config.get('where') or '') | replace('__built_this_run__', condition) -%}

@@ -1,11 +1,10 @@
 -- Event times fall between the year 2000 and a day after this build started: anything else is a unit or
 -- parsing error (seconds for milliseconds, a default of 0) that would corrupt the time split. The bounds are
--- constants, so every row is compared as a plain integer.
+-- constants, so every row is compared as a plain integer. Checks the events this build added.
+{{ config(where='__built_this_run__') }}
+
 select session_id, event_epoch_ms, etl_id
-from {{ ref('stg_browsing_events') }}
-where {{ built_this_run() }}
-  and (
-      event_epoch_ms is null
-      or event_epoch_ms < 946684800000
-      or event_epoch_ms > {{ ((run_started_at.timestamp() + 86400) * 1000) | int }}
-  )
+from {{ get_where_subquery(ref('stg_browsing_events')) }}
+where event_epoch_ms is null
+   or event_epoch_ms < 946684800000
+   or event_epoch_ms > {{ ((run_started_at.timestamp() + 86400) * 1000) | int }}

@@ -1,8 +1,10 @@
 -- Every session's interactions are listed in time order (the mart's ordered aggregation is right). Checks the
 -- sessions this build added or rebuilt.
+{{ config(where='__built_this_run__') }}
+
 with sessions as (
 
-    select * from {{ ref('sessions') }} where {{ built_this_run() }}
+    select * from {{ get_where_subquery(ref('sessions')) }}
 
 )
 
