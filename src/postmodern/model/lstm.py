@@ -159,9 +159,12 @@ class LSTMRanker:
         # serves all four gates (g, the candidate, is a plain tanh)
         halve = np.full(4 * hidden_dim, 0.5, dtype=np.float32)
         halve[2 * hidden_dim : 3 * hidden_dim] = 1.0
-        self.input_weights = array(lstm.weight_ih_l0.T) * halve  # [embedding, 4 * hidden]
+        # Each item's input to the gates, computed once for the catalogue: a step reads one row instead of a
+        # product with the input weights (n_items * 16 * hidden bytes: 19 MB for 4,500 items at hidden 256)
+        input_weights = array(lstm.weight_ih_l0.T) * halve  # [embedding, 4 * hidden]
+        gate_bias = array(lstm.bias_ih_l0 + lstm.bias_hh_l0) * halve
+        self.item_gates = self.item_embedding @ input_weights + gate_bias  # [n_items, 4 * hidden]
         self.hidden_weights = array(lstm.weight_hh_l0.T) * halve  # [hidden, 4 * hidden]
-        self.gate_bias = array(lstm.bias_ih_l0 + lstm.bias_hh_l0) * halve
         self.to_item_space = array(model.to_item_space.weight.T)  # [hidden, embedding]
         self.to_item_space_bias = array(model.to_item_space.bias)
         self.item_skip = None if model.item_skip is None else array(model.item_skip.weight.T)  # [embedding, embedding]
@@ -183,13 +186,7 @@ class LSTMRanker:
         if len(items) > 1:
             order = (-lengths).argsort(kind="stable")
             items, lengths = items[order], lengths[order]
-        if lengths[-1] == items.shape[1]:  # no padding (a single session, say): no mask to apply
-            input_gates = (self.item_embedding[items.ravel()] @ self.input_weights).reshape(*items.shape, 4 * h)
-            input_gates += self.gate_bias
-        else:
-            real = np.arange(items.shape[1]) < lengths[:, None]
-            input_gates = np.zeros((*items.shape, 4 * h), dtype=np.float32)
-            input_gates[real] = self.item_embedding[items[real]] @ self.input_weights + self.gate_bias
+        input_gates = self.item_gates[items]  # padding's rows too: a step reads only the rows still going
         last = np.empty((len(items), h), dtype=np.float32)
         # The first step starts from zero state: no recurrent product, and the cell is just i * g.
         activated = np.tanh(input_gates[:, 0])
