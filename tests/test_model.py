@@ -154,6 +154,10 @@ def test_loss_is_chosen_by_catalogue_size_and_bad_choices_are_refused():
     assert TrainConfig(loss="auto", full_softmax_max_items=100).resolved_loss(100) == "full"
     assert TrainConfig(loss="auto", full_softmax_max_items=100).resolved_loss(101) == "sampled"
     assert TrainConfig(loss="full").resolved_loss(10**6) == "full"
+    # by default, the full softmax wherever scoring the catalogue is cheap: larger catalogues on a GPU
+    assert TrainConfig(device="cpu").resolved_loss(38_000) == "sampled"
+    assert TrainConfig(device="cuda").resolved_loss(38_000) == "full"
+    assert TrainConfig(device="cuda:1").resolved_loss(150_000) == "sampled"
     with pytest.raises(ValueError, match="loss must be one of"):
         TrainConfig(loss="softmax")
 
