@@ -96,7 +96,7 @@ def run_dbt_build(
         "--log-path",
         str(target_path / "logs"),
         "--vars",
-        json.dumps({**settings.dbt_vars(), **({"test_every_row": True} if test_every_row else {})}),
+        json.dumps({**settings.dbt_vars(), "test_every_row": test_every_row}),
     ]
     started = time.perf_counter()
     outcome = dbtRunner().invoke(["build", *common_args, *(["--full-refresh"] if full_refresh else [])])
