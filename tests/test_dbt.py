@@ -123,13 +123,13 @@ def test_an_incremental_build_equals_a_full_refresh(tmp_path, tiny_data):
     load_rows(full, tmp_path / "b", second, catalogue_skus=None)
     run_dbt_build(full)
     assert not build.failed_tests
-    # load ids and times, and the invocations that built rows, differ; everything else must be equal
-    built = "dbt_invocation_id"
+    # load times, and the invocations that built rows, differ; everything else must be equal
+    built = "dbt_build_id"
     for model, key, differing in (
         (
             "stg_browsing_events",
             "session_id, event_epoch_ms, event_type, product_sku",
-            f"etl_id, etl_timestamp, {built}",
+            f"etl_timestamp, {built}",
         ),
         ("int_session_starts", "session_id", f"last_etl_timestamp, {built}"),
         ("sessions", "session_id", f"last_etl_timestamp, {built}"),
@@ -182,10 +182,10 @@ def test_an_incremental_build_tests_the_rows_it_built(tmp_path):
     load_rows(settings, tmp_path / "second", [row.replace("s", "t", 1) for row in GOOD_ROWS[:3]])
     build, report = build_and_report(settings)
     assert report.passed
-    built_by = "select session_id from \"{schema}\".%s where dbt_invocation_id = '%s' order by session_id"
-    invocation = build.manifest["metadata"]["invocation_id"]
-    assert [row["session_id"] for row in query(settings, built_by % ("sessions", invocation))] == ["t1", "t2"]
-    assert len(query(settings, built_by % ("stg_browsing_events", invocation))) == 3
+    built_by = 'select session_id from "{schema}".%s where dbt_build_id = %d order by session_id'
+    build_id = int(build.manifest["metadata"]["invocation_id"].replace("-", "")[:15], 16)
+    assert [row["session_id"] for row in query(settings, built_by % ("sessions", build_id))] == ["t1", "t2"]
+    assert len(query(settings, built_by % ("stg_browsing_events", build_id))) == 3
 
     third = load_rows(settings, tmp_path / "third", [GOOD_ROWS[0].replace("s1", "u1")])
     seconds_not_ms = (
@@ -200,7 +200,7 @@ def test_an_incremental_build_tests_the_rows_it_built(tmp_path):
     )
     _, report = build_and_report(settings)
     assert failing_names(report) == ["assert_event_timestamps_plausible"]
-    assert [row["session_id"] for row in report.failures[0].sample] == ["u9"]
+    assert [(row["session_id"], row["etl_id"]) for row in report.failures[0].sample] == [("u9", third.etl_id)]
 
 
 def test_an_event_from_an_unrecorded_load_stops_training(tmp_path):

@@ -3,8 +3,10 @@
 -- constants, so every row is compared as a plain integer. Checks the events this build added.
 {{ config(where='__built_this_run__') }}
 
-select session_id, event_epoch_ms, etl_id
-from {{ get_where_subquery(ref('stg_browsing_events')) }}
-where event_epoch_ms is null
-   or event_epoch_ms < 946684800000
-   or event_epoch_ms > {{ ((run_started_at.timestamp() + 86400) * 1000) | int }}
+select events.session_id, events.event_epoch_ms, loads.etl_id
+from (select * from {{ get_where_subquery(ref('stg_browsing_events')) }}) as events
+left join {{ source('coveo', 'loads') }} as loads  -- names the load of each event found
+    on events.api_key = loads.api_key and events.etl_timestamp = loads.etl_timestamp
+where events.event_epoch_ms is null
+   or events.event_epoch_ms < 946684800000
+   or events.event_epoch_ms > {{ ((run_started_at.timestamp() + 86400) * 1000) | int }}

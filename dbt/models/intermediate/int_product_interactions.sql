@@ -14,7 +14,7 @@ final as (
         product_action,
         event_epoch_ms,
         etl_timestamp,
-        dbt_invocation_id,
+        dbt_build_id,
         {{ action_rank('product_action') }} as action_rank
     from events
     where event_type = 'event_product'

@@ -18,8 +18,10 @@ with
 starts as (
 
     select * from {{ ref('int_session_starts') }}
+    -- only sessions with product events have interactions: a third of them, so the join below probes fewer rows
+    where n_product_events > 0
     {% if is_incremental() %}
-    where {{ arrived_since_last_build('last_etl_timestamp') }}
+      and {{ arrived_since_last_build('last_etl_timestamp') }}
     {% endif %}
 
 ),
