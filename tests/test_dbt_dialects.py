@@ -102,3 +102,13 @@ def test_parallel_arrays_unnest_with_a_lateral_flatten_in_snowflake():
     assert "lateral flatten(input => unnested.skus) as position" in sql
     assert "unnested.stamps[position.index]::bigint as ts" in sql
     sqlglot.parse_one(sql, read="snowflake")
+
+
+def test_repeated_values_are_found_by_sorting_in_duckdb_and_by_grouping_elsewhere():
+    relation = "(select * from (values (1), (2), (2), (3), (3), (3)) as t(v))"
+    sorting = render("duckdb", f"m.repeated_values({relation!r}, 'v')")
+    grouping = render("snowflake", f"m.repeated_values({relation!r}, 'v')")
+    assert "lag(v) over (order by v)" in sorting and "group by v having count(*) > 1" in grouping
+    for sql in (sorting, grouping):  # the grouping is portable SQL, so it runs here too
+        assert sorted(set(duckdb.sql(sql).fetchall())) == [(2,), (3,)]
+    sqlglot.parse_one(grouping, read="snowflake")

@@ -34,7 +34,7 @@ with
 -- one 64-bit column and let every other event straight through.
 repeated_keys as (
 
-    select event_key from ({{ keyed_events }}) as events group by event_key having count(*) > 1
+    {{ repeated_values('(' ~ keyed_events ~ ')', 'event_key') }}
     {% if is_incremental() %}
     union
     -- an event already built from an earlier load is a repeat too
