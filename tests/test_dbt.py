@@ -216,6 +216,22 @@ def test_an_event_from_an_unrecorded_load_stops_training(tmp_path):
     assert report.failures[0].sample[0]["from_field"] == "ghost-load"
 
 
+def test_after_the_first_build_source_tests_check_the_loads_staging_has_not_read(tmp_path):
+    settings = make_settings(tmp_path)
+    load_rows(settings, tmp_path / "in", GOOD_ROWS)
+    run_dbt_build(settings)
+    ghost = (
+        "insert into \"{schema}\".COVEO_DATASET_RAW select 'ghost-load', max(etl_timestamp) + %d, max(api_key), "
+        'max(event_type), max(event_date), any_value(raw_data) from "{schema}".COVEO_DATASET_RAW'
+    )
+    execute(settings, ghost % 0)  # dated as the staged load: staging will not read it, so neither do the tests
+    assert build_and_report(settings)[1].passed
+    for audit in (run_dbt_build(settings, test_every_row=True), run_dbt_build(settings, full_refresh=True)):
+        assert failing_names(quality_report(settings, audit)) == ["source_relationships"]
+    execute(settings, ghost % 1)  # a later load: staging would read it
+    assert failing_names(build_and_report(settings)[1]) == ["source_relationships"]
+
+
 def test_too_many_skus_missing_from_the_catalogue_stop_training(tmp_path):
     settings = make_settings(tmp_path)
     load_rows(settings, tmp_path / "in", GOOD_ROWS, catalogue_skus=("a",))  # b and c are unknown
