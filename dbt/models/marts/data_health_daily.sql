@@ -39,7 +39,7 @@ daily_events as (
         events.api_key,
         events.event_date,
         count(*) as events,
-        sum(case when events.event_type = 'event_product' then 1 else 0 end) as product_events,
+        count(case when events.event_type = 'event_product' then 1 end) as product_events,  -- 64 bits, as counts are
         count(distinct events.product_sku) as products,
         max(events.etl_timestamp) as last_etl_timestamp
     from events
