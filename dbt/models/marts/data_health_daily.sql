@@ -39,7 +39,8 @@ daily_events as (
         events.api_key,
         events.event_date,
         count(*) as events,
-        count(case when events.event_type = 'event_product' then 1 end) as product_events,  -- 64 bits, as counts are
+        -- a count, not a sum of ones: 64 bits rather than 128 (see int_session_starts)
+        count(case when events.event_type = 'event_product' then 1 end) as product_events,
         count(distinct events.product_sku) as products,
         max(events.etl_timestamp) as last_etl_timestamp
     from events
