@@ -16,15 +16,15 @@
     rather than in a macro of its own: after partial parsing from an older project, dbt's test context did not
     find this project's other macros from here. -#}
 {% macro default__get_where_subquery(relation) -%}
+    {%- set every_row = var('test_every_row', false) -%}
     {%- set build_id = invocation_id.replace('-', '')[:15] | int(base=16) -%}
-    {%- set condition = "true" if var('test_every_row', false) else "dbt_build_id = " ~ build_id -%}
-    {%- set where = (config.get('where') or '') | replace('__built_this_run__', condition) -%}
+    {%- set where = (config.get('where') or '')
+        | replace('__built_this_run__', "true" if every_row else "dbt_build_id = " ~ build_id) -%}
     {%- if '__not_yet_staged__' in where -%}
         {%- set staged = adapter.get_relation(target.database, target.schema, 'stg_browsing_events') -%}
         {%- set since_staged = "etl_timestamp > (select coalesce(max(etl_timestamp), -1) from " ~ staged ~ ")" -%}
         {%- set where = where | replace(
-            '__not_yet_staged__',
-            "true" if var('test_every_row', false) or flags.FULL_REFRESH or staged is none else since_staged) -%}
+            '__not_yet_staged__', "true" if every_row or flags.FULL_REFRESH or staged is none else since_staged) -%}
     {%- endif -%}
     {%- if where -%}
         {%- do return('(select * from ' ~ relation ~ ' where ' ~ where ~ ') dbt_subquery') -%}
