@@ -2,8 +2,8 @@
 -- Incremental: a session with new events gets its built row merged with the new events' counts and bounds.
 -- Staging's new rows are events never seen before, so history is never re-read.
 -- depends_on: {{ ref('stg_browsing_events') }}
-{{ config(materialized='incremental', unique_key=['api_key', 'session_id'], incremental_strategy='delete+insert',
-          on_schema_change='append_new_columns') }}
+{{ config(materialized='incremental', unique_key='session_key', incremental_strategy='delete+insert',
+          on_schema_change='append_new_columns', pre_hook="{{ add_session_key_to_built_rows() }}") }}
 
 with
 
@@ -21,6 +21,7 @@ counts as (
     select
         api_key,
         session_id,
+        {{ session_key() }} as session_key,
         -- converted once per session rather than once per event
         {{ epoch_ms_to_timestamp('min(event_epoch_ms)') }} as session_start_at,
         {{ epoch_ms_to_timestamp('max(event_epoch_ms)') }} as session_end_at,
@@ -41,6 +42,7 @@ merged as (
     select
         api_key,
         session_id,
+        session_key,
         min(session_start_at) as session_start_at,
         max(session_end_at) as session_end_at,
         sum(n_events) as n_events,
@@ -53,6 +55,7 @@ merged as (
         select
             built.api_key,
             built.session_id,
+            built.session_key,
             built.session_start_at,
             built.session_end_at,
             built.n_events,
@@ -60,9 +63,9 @@ merged as (
             built.n_product_events,
             built.last_etl_timestamp
         from {{ this }} as built
-        inner join counts on built.api_key = counts.api_key and built.session_id = counts.session_id
+        inner join counts on built.session_key = counts.session_key
     ) as new_and_built
-    group by api_key, session_id
+    group by api_key, session_id, session_key
 
 ),
 {% else %}
@@ -78,6 +81,7 @@ final as (
     select
         api_key,
         session_id,
+        session_key,
         session_start_at,
         session_end_at,
         cast(session_start_at as date) as session_date,

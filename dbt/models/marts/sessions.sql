@@ -2,14 +2,14 @@
 -- Incremental: a session with new events (page views included) is rebuilt from its built row's interactions
 -- and its new ones; staging's new rows are events never seen before, so history is never re-read.
 -- depends_on: {{ ref('stg_browsing_events') }}
-{{ config(materialized='incremental', unique_key=['api_key', 'session_id'], incremental_strategy='delete+insert',
-          on_schema_change='append_new_columns') }}
+{{ config(materialized='incremental', unique_key='session_key', incremental_strategy='delete+insert',
+          on_schema_change='append_new_columns', pre_hook="{{ add_session_key_to_built_rows() }}") }}
 
 {% set touched_built_rows %}
     (
         select built.*
         from {{ this }} as built
-        inner join starts on built.api_key = starts.api_key and built.session_id = starts.session_id
+        inner join starts on built.session_key = starts.session_key
     )
 {% endset %}
 
@@ -88,6 +88,7 @@ final as (
     select
         ordered.session_id,
         ordered.api_key,
+        starts.session_key,
         starts.session_date,
         starts.session_start_at,
         starts.session_end_at,
