@@ -1,5 +1,9 @@
 {{ config(materialized='incremental', on_schema_change='append_new_columns') }}
 
+{%- if is_incremental() %}
+    {%- set staged_until = newest_value(this, 'etl_timestamp') %}
+{%- endif %}
+
 {#- The events are read more than once below (to find repeated keys, then to pass events through), so their
     query is inlined rather than a CTE: DuckDB materialises a CTE that is read twice, every event in memory. -#}
 {% set keyed_events %}
@@ -23,7 +27,7 @@
         from {{ source('coveo', 'events_raw') }}
         {% if is_incremental() %}
         -- only the loads that arrived since the last build: history is never re-read
-        where etl_timestamp > (select coalesce(max(etl_timestamp), -1) from {{ this }})
+        where etl_timestamp > {{ staged_until }}
         {% endif %}
     ) as renamed
 {% endset %}
