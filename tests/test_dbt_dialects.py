@@ -112,3 +112,22 @@ def test_repeated_values_are_found_by_sorting_in_duckdb_and_by_grouping_elsewher
     for sql in (sorting, grouping):  # the grouping is portable SQL, so it runs here too
         assert sorted(set(duckdb.sql(sql).fetchall())) == [(2,), (3,)]
     sqlglot.parse_one(grouping, read="snowflake")
+
+
+def test_session_keys_fit_the_column_type_each_warehouse_adds_them_as():
+    key = render("duckdb", "m.session_key()")
+    assert key == render("snowflake", "m.session_key()") == "hash(api_key, session_id)"
+    connection = duckdb.connect()
+    key_type = render("duckdb", "m.duckdb__session_key_type()")
+    connection.execute(
+        "create table sessions as select 'org' as api_key, 's' || i as session_id from range(10000) r(i)"
+    )
+    connection.execute(f"alter table sessions add column session_key {key_type}")  # as the pre-hook does
+    connection.execute(f"update sessions set session_key = {key}")
+    keys = (
+        "select count(distinct session_key), count(session_key), max(session_key) > 9223372036854775807 from sessions"
+    )
+    assert connection.execute(keys).fetchall() == [(10000, 10000, True)]  # unsigned: half are over BIGINT's range
+    snowflake_type = render("snowflake", "m.default__session_key_type()")
+    assert snowflake_type == "number(19, 0)"  # Snowflake's hash is a signed 64-bit number
+    sqlglot.parse_one(f"alter table sessions add column session_key {snowflake_type}", read="snowflake")
