@@ -112,7 +112,7 @@ def measure_throughput(workdir: Path, loss: str, batches: int, queue) -> None:
     import numpy as np
     import torch
 
-    from postmodern.model.lstm import LSTMConfig, LSTMRecommender
+    from postmodern.model.lstm import LSTMConfig, LSTMRecommender, item_pair_keys
     from postmodern.model.train import (
         TrainConfig,
         TrainingWindows,
@@ -129,7 +129,7 @@ def measure_throughput(workdir: Path, loss: str, batches: int, queue) -> None:
     threads = configure_threads(train_config.num_threads)
     seed_everything(0)
     device = torch.device(train_config.device)
-    model = LSTMRecommender(model_config).to(device)
+    model = LSTMRecommender(model_config, item_pair_keys(splits.train, model_config.n_items)).to(device)
     windows = TrainingWindows(splits.train, model_config.max_length)
     chosen = windows.batches(train_config.batch_size, np.random.default_rng(0))[: batches + 5]
     steps = train_steps(
@@ -287,8 +287,10 @@ def main() -> None:
         for line in trained:
             emit(line)
         best = best_candidate([line["validation_mrr@20"] for line in trained])
-        model = LSTMRecommender(LSTMConfig(**trained[best]["model_config"]))
-        model.load_state_dict(torch.load(workdir / f"candidate{best}.pt", weights_only=True))
+        model = LSTMRecommender.from_state_dict(
+            LSTMConfig(**trained[best]["model_config"]),
+            torch.load(workdir / f"candidate{best}.pt", weights_only=True),
+        )
         ranking_started = time.perf_counter()
         metrics = evaluate_ranker(LSTMRanker(model), cases, k=20)
         emit(

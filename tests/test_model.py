@@ -10,12 +10,21 @@ from postmodern.evaluation.metrics import evaluate_ranker, next_item_cases
 from postmodern.model.baselines import PopularityRanker
 from postmodern.model.bundle import BundleError, ModelBundle, SessionRecommender, make_bundle
 from postmodern.model.dataset import PADDING_ID, SessionSplits, Vocabulary
-from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender, pad_batch, padded_items
+from postmodern.model.lstm import (
+    LSTMConfig,
+    LSTMRanker,
+    LSTMRecommender,
+    item_pair_keys,
+    pad_batch,
+    padded_items,
+    real_positions,
+)
 from postmodern.model.train import (
     NegativeSampler,
     TrainConfig,
     TrainingWindows,
     full_softmax_loss,
+    make_optimizer,
     sampled_softmax_loss,
     train_lstm,
     training_windows,
@@ -61,7 +70,7 @@ def torch_logits_after_last_items(model: LSTMRecommender, prefixes: list[np.ndar
     """The torch model's own forward pass (every position), read at each prefix's last item."""
     items, lengths = pad_batch(prefixes, model.config.max_length)
     with torch.no_grad():
-        every_position = model.item_logits(model(items, lengths))
+        every_position = model.item_logits(model(items, lengths), items[real_positions(lengths, items.size(1))])
     return every_position[torch.cumsum(lengths, 0) - 1].numpy()
 
 
@@ -103,7 +112,7 @@ def test_only_real_positions_reach_the_output_layer_and_padding_is_never_predict
     padded, lengths = pad_batch([np.array([1, 2, 3]), np.array([4, 5])], 4)
     queries = model(padded[:, :-1], lengths - 1)
     assert queries.shape == (3, 4)  # 2 + 1 positions, none of padding
-    loss = full_softmax_loss(model, queries, torch.tensor([2, 3, 5]))
+    loss = full_softmax_loss(model, queries, torch.tensor([1, 2, 4]), torch.tensor([2, 3, 5]))
     assert torch.isfinite(loss)
     items, _ = LSTMRanker(model).rank([np.array([1])], k=9)
     assert 0 not in items
@@ -111,20 +120,25 @@ def test_only_real_positions_reach_the_output_layer_and_padding_is_never_predict
 
 def test_sampled_softmax_tends_to_the_full_softmax_and_removes_accidental_hits():
     torch.manual_seed(0)
-    model = LSTMRecommender(LSTMConfig(n_items=12, embedding_dim=6, hidden_dim=8))
-    queries, targets = torch.randn(5, 6), torch.tensor([1, 2, 3, 11, 1])
+    # pairs of the latest items below with targets (1 -> 2, 3 -> 11) and with other items (1 -> 5, 2 -> 7)
+    pairs = item_pair_keys([np.array([1, 2, 7]), np.array([3, 11]), np.array([1, 5])], n_items=12)
+    model = LSTMRecommender(LSTMConfig(n_items=12, embedding_dim=6, hidden_dim=8), pairs)
+    with torch.no_grad():
+        model.pair_bias.normal_(std=2.0)
+    queries, latest, targets = torch.randn(5, 6), torch.tensor([4, 1, 2, 3, 1]), torch.tensor([1, 2, 3, 11, 1])
     counts = np.array([0, 50, 20, 10, 5, 5, 4, 3, 2, 2, 1, 1])
-    full = full_softmax_loss(model, queries, targets)
+    full = full_softmax_loss(model, queries, latest, targets)
     with torch.no_grad():
         many = NegativeSampler(counts, n_negatives=200_000, alpha=0.75, seed=0, device=torch.device("cpu"))
-        assert sampled_softmax_loss(model, queries, targets, many).item() == pytest.approx(full.item(), rel=0.01)
+        sampled = sampled_softmax_loss(model, queries, latest, targets, many)
+        assert sampled.item() == pytest.approx(full.item(), rel=0.01)
         few = NegativeSampler(counts, n_negatives=8, alpha=1.0, seed=1, device=torch.device("cpu"))
         assert 0 not in few.sample()  # padding is never drawn
         # every negative is the target: nothing to contrast with, so the loss is zero
         only_targets = NegativeSampler(
             np.array([0, 1, 0]), n_negatives=4, alpha=1.0, seed=0, device=torch.device("cpu")
         )
-        assert sampled_softmax_loss(model, queries[:2], torch.tensor([1, 1]), only_targets).item() == 0.0
+        assert sampled_softmax_loss(model, queries[:2], latest[:2], torch.tensor([1, 1]), only_targets).item() == 0.0
 
 
 def test_sampled_training_learns_and_the_same_seed_gives_the_same_model(trained):
@@ -191,14 +205,14 @@ def test_bundle_round_trip_ranks_identically_and_serves_skus(trained, tmp_path):
     assert unknown_only.fallback and [sku for sku, _ in unknown_only.items] == [s for s, _ in bundle.popular[:3]]
 
 
-def test_a_bundle_from_before_the_item_skip_loads_as_it_was_trained(trained, tmp_path):
+def test_a_bundle_from_before_the_item_skip_and_pairs_loads_as_it_was_trained(trained, tmp_path):
     splits, _ = trained
-    old_config = LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=8, hidden_dim=8, item_skip=False)
+    old_config = LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=8, hidden_dim=8, item_skip=False, item_pairs=False)
     model = LSTMRecommender(old_config)
-    assert not any(name.startswith("item_skip") for name in model.state_dict())
+    assert not any(name.startswith(("item_skip", "pair_")) for name in model.state_dict())
     directory = make_bundle(model, splits.vocabulary, splits.train_counts, {}).save(tmp_path / "old")
     config = json.loads((directory / "config.json").read_text())
-    del config["item_skip"]  # as the first bundles were written
+    del config["item_skip"], config["item_pairs"]  # as the first bundles were written
     (directory / "config.json").write_text(json.dumps(config))
     loaded = SessionRecommender(ModelBundle.load(directory))
     assert loaded.bundle.model_config == old_config
@@ -278,3 +292,53 @@ def test_registry_points_latest_at_the_newest_version(trained, tmp_path):
     with pytest.raises(BundleError, match="already"):
         publish(make_bundle(result.model, splits.vocabulary, splits.train_counts, {"model_version": "v1"}), registry)
     assert not list(registry.glob(".*partial"))
+
+
+def test_item_pairs_are_the_sessions_distinct_transitions():
+    keys = item_pair_keys([np.array([1, 2, 3]), np.array([2, 3]), np.array([4]), np.array([3, 1])], n_items=5)
+    assert [divmod(int(key), 5) for key in keys] == [(1, 2), (2, 3), (3, 1)]
+    assert len(item_pair_keys([np.array([4])], n_items=5)) == 0
+
+
+def test_a_pair_score_moves_its_next_item_after_its_first_item_only_in_torch_and_numpy(trained, tmp_path):
+    splits, _ = trained
+    pairs = item_pair_keys([np.array([2, 7]), np.array([2, 9]), np.array([4, 1])], N_ITEMS + 1)
+    model = LSTMRecommender(LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=8, hidden_dim=8), pairs).eval()
+    assert not model.pair_bias.any()  # starts as the model without them
+    prefixes = [np.array([1, 2]), np.array([4]), np.array([2, 3])]
+    without = LSTMRanker(model).logits(*padded_items(prefixes, 20))
+    with torch.no_grad():
+        model.pair_bias.copy_(torch.tensor([5.0, -3.0, 2.0]))  # pairs in key order: 2 -> 7, 2 -> 9, 4 -> 1
+    with_pairs = LSTMRanker(model).logits(*padded_items(prefixes, 20))
+    np.testing.assert_allclose(with_pairs, torch_logits_after_last_items(model, prefixes), rtol=1e-4, atol=1e-5)
+    with_pairs[:, PADDING_ID] = without[:, PADDING_ID] = 0.0  # -inf in both
+    moved = with_pairs - without
+    assert (
+        moved[0, 7] == pytest.approx(5.0) and moved[0, 9] == pytest.approx(-3.0) and moved[1, 1] == pytest.approx(2.0)
+    )
+    moved[0, [7, 9]] = moved[1, 1] = 0
+    assert not moved.any()  # nothing else, and nothing after item 3, which starts no known pair
+    latest, targets = torch.tensor([2, 2, 4, 3]), torch.tensor([7, 8, 1, 7])
+    with torch.no_grad():
+        queries = torch.randn(4, 8)
+        full = model.item_logits(queries, latest)
+        np.testing.assert_allclose(
+            model.target_logits(queries, targets, latest), full[torch.arange(4), targets], rtol=1e-5
+        )
+        candidates = torch.tensor([7, 1, 7, 9, 3])  # a sample may hold an item twice
+        np.testing.assert_allclose(model.candidate_logits(queries, candidates, latest), full[:, candidates], rtol=1e-5)
+    directory = make_bundle(model, splits.vocabulary, splits.train_counts, {}).save(tmp_path / "pairs")
+    assert_serves_as_ranked(model, directory, splits.vocabulary)
+    loaded = LSTMRecommender.from_state_dict(model.config, ModelBundle.load(directory).state_dict)
+    assert torch.equal(loaded.pair_keys, model.pair_keys) and torch.equal(loaded.pair_bias, model.pair_bias)
+
+
+def test_item_pairs_learn_at_their_own_rate_without_weight_decay(trained):
+    splits, _ = trained
+    pairs = item_pair_keys(splits.train, N_ITEMS + 1)
+    model = LSTMRecommender(LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=8, hidden_dim=8), pairs)
+    groups = make_optimizer(model, TrainConfig(learning_rate=1e-3, pair_lr_multiplier=30.0)).param_groups
+    assert [len(group["params"]) for group in groups] == [len(list(model.parameters())) - 1, 1]
+    assert groups[1]["params"][0] is model.pair_bias
+    assert groups[1]["lr"] == pytest.approx(0.03) and groups[1]["weight_decay"] == 0.0
+    assert groups[0]["lr"] == pytest.approx(1e-3)

@@ -25,7 +25,7 @@ from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender
 
 BUNDLE_FORMAT_VERSION = 1
 # what a bundle written before a config field existed meant by leaving it out
-CONFIG_BEFORE_FIELDS = {"item_skip": False, "tied_output": True, "item_transitions": False}
+CONFIG_BEFORE_FIELDS = {"item_skip": False, "tied_output": True, "item_transitions": False, "item_pairs": False}
 FALLBACK_SIZE = 200
 
 
@@ -107,9 +107,7 @@ class SessionRecommender:
     def __init__(self, bundle: ModelBundle):
         self.bundle = bundle
         self.vocabulary = Vocabulary(bundle.vocabulary)
-        model = LSTMRecommender(bundle.model_config)
-        model.load_state_dict(bundle.state_dict)
-        self.ranker = LSTMRanker(model)
+        self.ranker = LSTMRanker(LSTMRecommender.from_state_dict(bundle.model_config, bundle.state_dict))
 
     @property
     def version(self) -> str:

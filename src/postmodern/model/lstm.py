@@ -4,11 +4,12 @@ Reads a session's items, and at every position scores every item of the catalogu
 The output layer reuses the item embeddings (weight tying, by default): an item's input and output vectors
 live in one space, which halves the parameters. Untied output vectors (`tied_output=False`, in the search
 space) ranked rare items' successors better at 38k items (test MRR@20 0.5227 against 0.5187, 4,096
-negatives, bench/bench_model.py's 200k sessions). A linear map of the latest item's
-embedding, and a learned vector of that item itself, are added to the LSTM's reading of the session, so
-that item-to-item transitions need not pass through the recurrent state. Training scores either the whole
-catalogue (full softmax) or the targets against a shared sample of negatives (sampled softmax, see
-`train.py`); `LSTMRanker` ranks with the same equations in NumPy.
+negatives, bench/bench_model.py's 200k sessions). A linear map of the latest item's embedding, and a learned
+vector of that item itself, are added to the LSTM's reading of the session, so that item-to-item transitions
+need not pass through the recurrent state; and each (latest item, next item) pair seen in training has a
+learned score of its own, added to that next item's. Training scores either the whole catalogue (full softmax)
+or the targets against a shared sample of negatives (sampled softmax, see `train.py`); `LSTMRanker` ranks with
+the same equations in NumPy.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ class LSTMConfig:
     item_skip: bool = True  # add a linear map of the latest item's embedding to the output (see __init__)
     tied_output: bool = True  # score items with their input embeddings (weight tying) or with their own
     item_transitions: bool = True  # add a learned vector of the latest item itself (see __init__)
+    item_pairs: bool = True  # add a learned score per (latest item, next item) pair seen in training (see __init__)
 
 
 class LSTMRecommender(nn.Module):
-    def __init__(self, config: LSTMConfig):
+    def __init__(self, config: LSTMConfig, pair_keys: np.ndarray | torch.Tensor | None = None):
+        """`pair_keys`: the pairs that get a score with `item_pairs` (see `item_pair_keys`); none by default."""
         super().__init__()
         self.config = config
         self.item_embedding = nn.Embedding(config.n_items, config.embedding_dim, padding_idx=PADDING_ID)
@@ -59,9 +62,28 @@ class LSTMRecommender(nn.Module):
         )
         if self.item_transition is not None:
             nn.init.zeros_(self.item_transition.weight)
+        # and a score per pair of items seen one after the other in training, zero at first. A rare item's few
+        # transitions are its strongest evidence, and vectors shared with every other item smooth them away:
+        # at 38k items the LSTM ranked successors of items seen 1-4 times at MRR@20 0.21, the counts at 0.29.
+        self.pair_bias = None
+        if config.item_pairs:
+            keys = torch.as_tensor(np.empty(0, np.int64) if pair_keys is None else pair_keys, dtype=torch.int64)
+            self.register_buffer("pair_keys", keys)
+            # the pairs as rows of a sparse matrix: latest item i's next items are pair_next[starts[i]:starts[i+1]]
+            starts = torch.searchsorted(keys, torch.arange(config.n_items + 1) * config.n_items)
+            self.register_buffer("pair_starts", starts, persistent=False)
+            self.register_buffer("pair_next", keys % config.n_items, persistent=False)
+            self.pair_bias = nn.Parameter(torch.zeros(len(keys)))
         for embedding in (self.item_embedding, self.output_embedding):
             if embedding is not None:
                 nn.init.normal_(embedding.weight, std=0.05)
+
+    @classmethod
+    def from_state_dict(cls, config: LSTMConfig, state_dict: dict[str, torch.Tensor]) -> LSTMRecommender:
+        """A trained model from its weights (its item pairs are among them)."""
+        model = cls(config, state_dict.get("pair_keys"))
+        model.load_state_dict(state_dict)
+        return model
 
     @property
     def output_weight(self) -> torch.Tensor:
@@ -93,24 +115,69 @@ class LSTMRecommender(nn.Module):
         real = real_positions(lengths.to(items.device), items.size(1))
         return self.queries(hidden[real], embedded[real], items[real])
 
-    def item_logits(self, queries: torch.Tensor) -> torch.Tensor:
-        """Scores of the whole catalogue: [n, n_items], padding at -inf."""
+    def item_logits(self, queries: torch.Tensor, latest: torch.Tensor) -> torch.Tensor:
+        """Scores of the whole catalogue: [n, n_items], padding at -inf. `latest`: each row's latest item [n]."""
         logits = queries @ self.output_weight.T + self.output_bias
         logits[..., PADDING_ID] = float("-inf")
+        if self.pair_bias is not None:
+            rows, items, scores = self.pair_scores(latest)
+            logits = logits.index_put((rows, items), scores, accumulate=True)
         return logits
 
-    def candidate_logits(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    def candidate_logits(self, queries: torch.Tensor, candidates: torch.Tensor, latest: torch.Tensor) -> torch.Tensor:
         """Scores of some items only: [n, n_candidates] for candidates shared by every row ([n_candidates])."""
-        return queries @ self.output_weight[candidates].T + self.output_bias[candidates]
+        logits = queries @ self.output_weight[candidates].T + self.output_bias[candidates]
+        if self.pair_bias is None:
+            return logits
+        # each row's pairs whose next item is a candidate, placed in the column of that candidate (a sample may
+        # hold an item more than once: the columns of its distinct items are filled, then spread)
+        distinct, column_of_candidate = torch.unique(candidates, return_inverse=True)
+        column = torch.full((self.config.n_items,), -1, dtype=torch.int64, device=candidates.device)
+        column[distinct] = torch.arange(len(distinct), device=candidates.device)
+        rows, items, scores = self.pair_scores(latest)
+        columns = column[items]
+        sampled = columns >= 0
+        pair_logits = queries.new_zeros(len(latest), len(distinct))
+        pair_logits = pair_logits.index_put((rows[sampled], columns[sampled]), scores[sampled])
+        return logits + pair_logits[:, column_of_candidate]
 
-    def target_logits(self, queries: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def target_logits(self, queries: torch.Tensor, targets: torch.Tensor, latest: torch.Tensor) -> torch.Tensor:
         """The score of each row's own target: [n]."""
-        return (queries * self.output_weight[targets]).sum(-1) + self.output_bias[targets]
+        logits = (queries * self.output_weight[targets]).sum(-1) + self.output_bias[targets]
+        if self.pair_bias is None or len(self.pair_keys) == 0:
+            return logits
+        keys = latest * self.config.n_items + targets
+        found_at = torch.searchsorted(self.pair_keys, keys).clamp(max=len(self.pair_keys) - 1)
+        return logits + torch.where(self.pair_keys[found_at] == keys, self.pair_bias[found_at], 0.0)
+
+    def pair_scores(self, latest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every pair whose first item is a row's latest item: its row, its next item and its score."""
+        rows, positions = pair_positions(self.pair_starts, latest)
+        return rows, self.pair_next[positions], self.pair_bias[positions]
 
 
 def real_positions(lengths: torch.Tensor, width: int) -> torch.Tensor:
     """[batch, width] mask of the positions that are not padding."""
     return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def item_pair_keys(sessions: list[np.ndarray], n_items: int) -> np.ndarray:
+    """The distinct (item, next item) pairs of the sessions, sorted, each as item * n_items + next item."""
+    sessions = [np.asarray(session, dtype=np.int64) for session in sessions if len(session) > 1]
+    if not sessions:
+        return np.empty(0, dtype=np.int64)
+    return np.unique(np.concatenate([session[:-1] * n_items + session[1:] for session in sessions]))
+
+
+def pair_positions(starts: torch.Tensor, latest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs that start with each row's latest item: their rows, and their positions in the pair table
+    (row r's run from starts[latest[r]] to starts[latest[r] + 1])."""
+    first = starts[latest]
+    counts = starts[latest + 1] - first
+    rows = torch.repeat_interleave(torch.arange(len(latest), device=latest.device), counts)
+    # each row's first position, less where its run begins among all the rows' runs, plus the running count
+    run_offset = torch.repeat_interleave(first - (torch.cumsum(counts, 0) - counts), counts)
+    return rows, run_offset + torch.arange(len(rows), device=latest.device)
 
 
 def padded_items(sequences: list[np.ndarray], max_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,12 +200,12 @@ class LSTMRanker:
     """Ranks the next item for session prefixes with a trained LSTMRecommender: the one ranking function
     of evaluation and serving.
 
-    It computes the model's equations (nn.LSTM's gates i, f, g, o, the skip from the latest item, then the
-    output layer) on a NumPy copy of the weights. At serving sizes, one short session per request, torch's
-    per-operation dispatch costs several times the arithmetic (about 1 ms per request through the torch
-    modules against 0.3 ms here, same rankings: the tests compare the two). Each batch is one pass; the
-    logits are the only catalogue-sized array; top-k is a partial selection (argpartition) and the softmax
-    normaliser is summed in place.
+    It computes the model's equations (nn.LSTM's gates i, f, g, o, the skip from the latest item, the output
+    layer, then the latest item's pair scores) on a NumPy copy of the weights. At serving sizes, one short
+    session per request, torch's per-operation dispatch costs several times the arithmetic (about 1 ms per
+    request through the torch modules against 0.3 ms here, same rankings: the tests compare the two). Each
+    batch is one pass; the logits are the only catalogue-sized array; top-k is a partial selection
+    (argpartition) and the softmax normaliser is summed in place.
 
     Creating a ranker sets NumPy's BLAS to one thread for the process (torch's threads are its own): these
     products are small, and a second BLAS thread mostly waits for the first, several times slower on
@@ -172,6 +239,10 @@ class LSTMRanker:
         self.item_skip = None if model.item_skip is None else array(model.item_skip.weight.T)  # [embedding, embedding]
         self.item_skip_bias = None if model.item_skip is None else array(model.item_skip.bias)
         self.item_transition = None if model.item_transition is None else array(model.item_transition.weight)
+        self.pair_bias = None if model.pair_bias is None else array(model.pair_bias)
+        if self.pair_bias is not None:
+            self.pair_starts = model.pair_starts.cpu().numpy()
+            self.pair_next = model.pair_next.cpu().numpy()
         tied = model.output_embedding is None
         output_embedding = self.item_embedding if tied else array(model.output_embedding.weight)
         # The output vectors as columns: OpenBLAS is up to 7 times slower on the transposed view for batches
@@ -221,6 +292,10 @@ class LSTMRanker:
             in_item_space += self.item_transition[latest]
         logits = in_item_space @ self.output_columns
         logits += self.output_bias
+        if self.pair_bias is not None:
+            begins, ends = self.pair_starts[latest].tolist(), self.pair_starts[latest + 1].tolist()
+            for row, (begin, end) in enumerate(zip(begins, ends, strict=True)):
+                logits[row, self.pair_next[begin:end]] += self.pair_bias[begin:end]
         return logits
 
     def rank(

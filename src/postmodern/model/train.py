@@ -31,7 +31,14 @@ from tqdm import tqdm
 
 from postmodern.evaluation.metrics import evaluate_ranker, next_item_cases
 from postmodern.model.dataset import PADDING_ID, SessionSplits
-from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender, pad_batch, real_positions
+from postmodern.model.lstm import (
+    LSTMConfig,
+    LSTMRanker,
+    LSTMRecommender,
+    item_pair_keys,
+    pad_batch,
+    real_positions,
+)
 
 LOSSES = ("auto", "full", "sampled")
 FULL_SOFTMAX_MAX_ITEMS = {"cpu": 10_000, "cuda": 100_000}
@@ -55,6 +62,9 @@ class TrainConfig:
     # only 0.001 above 16,384 negatives after one epoch (bench/bench_model.py data).
     n_negatives: int = 4096
     negative_alpha: float = 0.75  # sampled softmax: negatives drawn with probability ∝ count ** alpha
+    # The item pairs' scores learn at this multiple of the learning rate, without weight decay: a pair is
+    # trained on only when its first item is the latest one, a few times an epoch for most pairs.
+    pair_lr_multiplier: float = 30.0
     num_threads: int | None = None  # torch threads; None: the cores this process may use
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
 
@@ -169,24 +179,31 @@ class NegativeSampler:
         return negatives.to(self.device)
 
 
-def full_softmax_loss(model: LSTMRecommender, queries: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model.item_logits(queries), targets)
+def full_softmax_loss(
+    model: LSTMRecommender, queries: torch.Tensor, latest: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    return F.cross_entropy(model.item_logits(queries, latest), targets)
 
 
 def sampled_softmax_loss(
-    model: LSTMRecommender, queries: torch.Tensor, targets: torch.Tensor, sampler: NegativeSampler
+    model: LSTMRecommender,
+    queries: torch.Tensor,
+    latest: torch.Tensor,
+    targets: torch.Tensor,
+    sampler: NegativeSampler,
 ) -> torch.Tensor:
     """Cross-entropy of each target against the shared negatives, each negative corrected by its log Q."""
     negatives = sampler.sample()
-    positive = model.target_logits(queries, targets)
-    negative = model.candidate_logits(queries, negatives) - sampler.log_expected[negatives]
+    positive = model.target_logits(queries, targets, latest)
+    negative = model.candidate_logits(queries, negatives, latest) - sampler.log_expected[negatives]
     # a negative that is the row's own target is not a negative (an "accidental hit")
     negative = negative.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
     logits = torch.cat([positive[:, None], negative], dim=1)
     return F.cross_entropy(logits, torch.zeros_like(targets))
 
 
-LossFunction = Callable[[LSTMRecommender, torch.Tensor, torch.Tensor], torch.Tensor]
+# (model, queries, each query's latest item, targets) -> mean loss
+LossFunction = Callable[[LSTMRecommender, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def make_loss(train_config: TrainConfig, train_counts: np.ndarray, device: torch.device) -> LossFunction:
@@ -195,7 +212,7 @@ def make_loss(train_config: TrainConfig, train_counts: np.ndarray, device: torch
     sampler = NegativeSampler(
         train_counts, train_config.n_negatives, train_config.negative_alpha, train_config.seed, device
     )
-    return lambda model, queries, targets: sampled_softmax_loss(model, queries, targets, sampler)
+    return lambda model, queries, latest, targets: sampled_softmax_loss(model, queries, latest, targets, sampler)
 
 
 def train_steps(
@@ -212,7 +229,8 @@ def train_steps(
     for indices in batches:
         inputs, lengths, targets = windows.batch(indices)
         inputs, lengths, targets = inputs.to(device), lengths.to(device), targets.to(device)
-        loss = loss_function(model, model(inputs, lengths), targets[real_positions(lengths, inputs.size(1))])
+        real = real_positions(lengths, inputs.size(1))
+        loss = loss_function(model, model(inputs, lengths), inputs[real], targets[real])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -221,11 +239,15 @@ def train_steps(
 
 
 def make_optimizer(model: LSTMRecommender, train_config: TrainConfig) -> torch.optim.Optimizer:
+    pairs = [] if model.pair_bias is None else [model.pair_bias]
+    groups = [{"params": [parameter for parameter in model.parameters() if all(parameter is not p for p in pairs)]}]
+    if pairs:
+        groups.append(
+            {"params": pairs, "lr": train_config.learning_rate * train_config.pair_lr_multiplier, "weight_decay": 0.0}
+        )
     # fused: one kernel over all parameters; the per-tensor loop takes several times longer over a large
     # embedding table, which every step updates
-    return torch.optim.AdamW(
-        model.parameters(), lr=train_config.learning_rate, weight_decay=train_config.weight_decay, fused=True
-    )
+    return torch.optim.AdamW(groups, lr=train_config.learning_rate, weight_decay=train_config.weight_decay, fused=True)
 
 
 def train_lstm(
@@ -240,7 +262,8 @@ def train_lstm(
     configure_threads(train_config.num_threads)
     seed_everything(train_config.seed)
     device = torch.device(train_config.device)
-    model = LSTMRecommender(model_config).to(device)
+    pair_keys = item_pair_keys(splits.train, model_config.n_items) if model_config.item_pairs else None
+    model = LSTMRecommender(model_config, pair_keys).to(device)
     optimizer = make_optimizer(model, train_config)
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=train_config.lr_decay)
     loss_function = make_loss(train_config, splits.train_counts, device)
