@@ -63,8 +63,9 @@ class LSTMRecommender(nn.Module):
         if self.item_transition is not None:
             nn.init.zeros_(self.item_transition.weight)
         # and a score per pair of items seen one after the other in training, zero at first. A rare item's few
-        # transitions are its strongest evidence, and vectors shared with every other item smooth them away:
-        # at 38k items the LSTM ranked successors of items seen 1-4 times at MRR@20 0.21, the counts at 0.29.
+        # transitions are its strongest evidence, and vectors shared with every other item smooth them away: at
+        # 38k items, the successors of items seen 1-4 times in training ranked at MRR@20 0.250 without these
+        # scores and 0.288 with them, where the transition counts got 0.289.
         self.pair_bias = None
         if config.item_pairs:
             keys = torch.as_tensor(np.empty(0, np.int64) if pair_keys is None else pair_keys, dtype=torch.int64)
