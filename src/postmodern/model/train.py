@@ -239,12 +239,10 @@ def train_steps(
 
 
 def make_optimizer(model: LSTMRecommender, train_config: TrainConfig) -> torch.optim.Optimizer:
-    pairs = [] if model.pair_bias is None else [model.pair_bias]
-    groups = [{"params": [parameter for parameter in model.parameters() if all(parameter is not p for p in pairs)]}]
-    if pairs:
-        groups.append(
-            {"params": pairs, "lr": train_config.learning_rate * train_config.pair_lr_multiplier, "weight_decay": 0.0}
-        )
+    groups = [{"params": [parameter for name, parameter in model.named_parameters() if name != "pair_bias"]}]
+    if model.pair_bias is not None:
+        pair_lr = train_config.learning_rate * train_config.pair_lr_multiplier
+        groups.append({"params": [model.pair_bias], "lr": pair_lr, "weight_decay": 0.0})
     # fused: one kernel over all parameters; the per-tensor loop takes several times longer over a large
     # embedding table, which every step updates
     return torch.optim.AdamW(groups, lr=train_config.learning_rate, weight_decay=train_config.weight_decay, fused=True)
