@@ -112,13 +112,13 @@ def measure_throughput(workdir: Path, loss: str, batches: int, queue) -> None:
     import numpy as np
     import torch
 
-    from postmodern.model.lstm import LSTMConfig, LSTMRecommender, item_pair_keys
+    from postmodern.model.lstm import LSTMConfig
     from postmodern.model.train import (
         TrainConfig,
         TrainingWindows,
-        configure_threads,
-        make_loss,
+        configure_torch,
         make_optimizer,
+        model_and_loss,
         seed_everything,
         train_steps,
     )
@@ -126,16 +126,16 @@ def measure_throughput(workdir: Path, loss: str, batches: int, queue) -> None:
     splits = load_splits(workdir)
     model_config = LSTMConfig(splits.vocabulary.size_with_padding)
     train_config = TrainConfig(loss=loss)
-    threads = configure_threads(train_config.num_threads)
+    threads = configure_torch(train_config.num_threads)
     seed_everything(0)
     device = torch.device(train_config.device)
-    model = LSTMRecommender(model_config, item_pair_keys(splits.train, model_config.n_items)).to(device)
+    model, loss_function = model_and_loss(splits, model_config, train_config, device)
     windows = TrainingWindows(splits.train, model_config.max_length)
     chosen = windows.batches(train_config.batch_size, np.random.default_rng(0))[: batches + 5]
     steps = train_steps(
         model,
         make_optimizer(model, train_config),
-        make_loss(train_config, splits.train_counts, device),
+        loss_function,
         windows,
         chosen,
         train_config.grad_clip,

@@ -61,16 +61,17 @@ def test_padding_and_batching_do_not_change_predictions(trained):
     _, result = trained
     ranker = LSTMRanker(result.model)
     short, long = np.array([3, 4]), np.array([7, 8, 9, 10])
-    alone = ranker.logits(*padded_items([short], 5))
-    together = ranker.logits(*padded_items([long, short], 5))
+    alone = ranker.probabilities(*padded_items([short], 5))
+    together = ranker.probabilities(*padded_items([long, short], 5))
     np.testing.assert_allclose(alone[0], together[1], rtol=1e-5, atol=1e-5)
 
 
-def torch_logits_after_last_items(model: LSTMRecommender, prefixes: list[np.ndarray]) -> np.ndarray:
+def torch_probabilities_after_last_items(model: LSTMRecommender, prefixes: list[np.ndarray]) -> np.ndarray:
     """The torch model's own forward pass (every position), read at each prefix's last item."""
     items, lengths = pad_batch(prefixes, model.config.max_length)
     with torch.no_grad():
-        every_position = model.item_logits(model(items, lengths), items[real_positions(lengths, items.size(1))])
+        queries = model(items, lengths)
+        every_position = model.log_probabilities(queries, items[real_positions(lengths, items.size(1))]).exp()
     return every_position[torch.cumsum(lengths, 0) - 1].numpy()
 
 
@@ -79,13 +80,12 @@ def test_the_ranker_computes_what_the_trained_torch_model_computes(trained):
     _, result = trained
     model = result.model.eval()
     prefixes = [np.array([3, 4, 5]), np.array([9]), np.array([1, 2, 3, 4, 5, 6, 7, 8])]
-    reference = torch_logits_after_last_items(model, prefixes)
+    reference = torch_probabilities_after_last_items(model, prefixes)
     ranker = LSTMRanker(model)
-    np.testing.assert_allclose(ranker.logits(*padded_items(prefixes, 5)), reference, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ranker.probabilities(*padded_items(prefixes, 5)), reference, rtol=1e-4, atol=1e-6)
     ranked, scores = ranker.rank(prefixes, k=5)
     assert (ranked == np.argsort(-reference, axis=1)[:, :5]).all()
-    expected = torch.softmax(torch.from_numpy(reference), dim=1).numpy()
-    np.testing.assert_allclose(scores, np.take_along_axis(expected, ranked, axis=1), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(scores, np.take_along_axis(reference, ranked, axis=1), rtol=1e-4, atol=1e-6)
 
 
 def test_exclude_seen_ranks_everything_but_the_prefix(trained):
@@ -125,6 +125,7 @@ def test_sampled_softmax_tends_to_the_full_softmax_and_removes_accidental_hits()
     model = LSTMRecommender(LSTMConfig(n_items=12, embedding_dim=6, hidden_dim=8), pairs)
     with torch.no_grad():
         model.pair_bias.normal_(std=2.0)
+        model.pair_gate.weight.normal_()
     queries, latest, targets = torch.randn(5, 6), torch.tensor([4, 1, 2, 3, 1]), torch.tensor([1, 2, 3, 11, 1])
     counts = np.array([0, 50, 20, 10, 5, 5, 4, 3, 2, 2, 1, 1])
     full = full_softmax_loss(model, queries, latest, targets)
@@ -134,11 +135,11 @@ def test_sampled_softmax_tends_to_the_full_softmax_and_removes_accidental_hits()
         assert sampled.item() == pytest.approx(full.item(), rel=0.01)
         few = NegativeSampler(counts, n_negatives=8, alpha=1.0, seed=1, device=torch.device("cpu"))
         assert 0 not in few.sample()  # padding is never drawn
-        # every negative is the target: nothing to contrast with, so the loss is zero
+        # every negative is the target: nothing to contrast with, so the loss is zero (item 4 starts no pair)
         only_targets = NegativeSampler(
             np.array([0, 1, 0]), n_negatives=4, alpha=1.0, seed=0, device=torch.device("cpu")
         )
-        assert sampled_softmax_loss(model, queries[:2], latest[:2], torch.tensor([1, 1]), only_targets).item() == 0.0
+        assert sampled_softmax_loss(model, queries[:1], latest[:1], torch.tensor([1]), only_targets).item() == 0.0
 
 
 def test_sampled_training_learns_and_the_same_seed_gives_the_same_model(trained):
@@ -195,7 +196,7 @@ def test_bundle_round_trip_ranks_identically_and_serves_skus(trained, tmp_path):
     bundle = make_bundle(result.model, splits.vocabulary, splits.train_counts, {"model_version": "v1"})
     loaded = ModelBundle.load(bundle.save(tmp_path / "bundle"))
     assert loaded.version == "v1" and loaded.vocabulary == bundle.vocabulary
-    assert json.loads((tmp_path / "bundle" / "metadata.json").read_text())["format_version"] == 1
+    assert json.loads((tmp_path / "bundle" / "metadata.json").read_text())["format_version"] == 2
     recommender = SessionRecommender(loaded)
     original = LSTMRanker(result.model).rank([np.array([5, 6])], k=3)[0][0]
     first, unknown_only = recommender.recommend([["sku5", "nope", "sku6"], ["nope"]], k=3)
@@ -214,12 +215,18 @@ def test_a_bundle_from_before_the_item_skip_and_pairs_loads_as_it_was_trained(tr
     config = json.loads((directory / "config.json").read_text())
     del config["item_skip"], config["item_pairs"]  # as the first bundles were written
     (directory / "config.json").write_text(json.dumps(config))
+    (directory / "metadata.json").write_text(json.dumps({"format_version": 1}))
     loaded = SessionRecommender(ModelBundle.load(directory))
     assert loaded.bundle.model_config == old_config
     expected = LSTMRanker(model).rank([np.array([3, 4])], k=5)[0]
     assert [sku for sku, _ in loaded.recommend([["sku3", "sku4"]], k=5)[0].items] == splits.vocabulary.decode(
         expected[0]
     )
+    # a format-1 bundle whose pairs were added to the LSTM's scores would rank differently now: refused
+    config["item_pairs"] = True
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError, match="retrain"):
+        ModelBundle.load(directory)
 
 
 def assert_serves_as_ranked(model: LSTMRecommender, bundle_directory, vocabulary: Vocabulary) -> None:
@@ -236,10 +243,10 @@ def test_an_untied_model_scores_with_its_own_output_embeddings_and_round_trips(t
     assert model.output_weight.data_ptr() != model.item_embedding.weight.data_ptr()
     prefixes = [np.array([1, 2]), np.array([4])]
     np.testing.assert_allclose(
-        LSTMRanker(model).logits(*padded_items(prefixes, 20)),
-        torch_logits_after_last_items(model.eval(), prefixes),
+        LSTMRanker(model).probabilities(*padded_items(prefixes, 20)),
+        torch_probabilities_after_last_items(model.eval(), prefixes),
         rtol=1e-4,
-        atol=1e-5,
+        atol=1e-7,
     )
     directory = make_bundle(model, splits.vocabulary, splits.train_counts, {}).save(tmp_path / "untied")
     assert_serves_as_ranked(model, directory, splits.vocabulary)
@@ -253,17 +260,19 @@ def test_item_transition_vectors_score_in_numpy_as_in_torch_and_round_trip(train
         model.item_transition.weight.normal_()
         model.item_transition.weight[PADDING_ID] = 0
     prefixes = [np.array([1, 2]), np.array([4])]
-    with_transitions = LSTMRanker(model).logits(*padded_items(prefixes, 20))
+    with_transitions = LSTMRanker(model).probabilities(*padded_items(prefixes, 20))
     np.testing.assert_allclose(
-        with_transitions, torch_logits_after_last_items(model.eval(), prefixes), rtol=1e-4, atol=1e-5
+        with_transitions, torch_probabilities_after_last_items(model.eval(), prefixes), rtol=1e-4, atol=1e-7
     )
     # the vector of the latest item (2, then 4) moves the scores; the earlier item's does not
     with torch.no_grad():
         model.item_transition.weight[1] = 0
-    np.testing.assert_allclose(LSTMRanker(model).logits(*padded_items(prefixes, 20)), with_transitions, rtol=1e-5)
+    np.testing.assert_allclose(
+        LSTMRanker(model).probabilities(*padded_items(prefixes, 20)), with_transitions, rtol=1e-5
+    )
     with torch.no_grad():
         model.item_transition.weight[4] = 0
-    assert not np.allclose(LSTMRanker(model).logits(*padded_items(prefixes, 20))[1], with_transitions[1])
+    assert not np.allclose(LSTMRanker(model).probabilities(*padded_items(prefixes, 20))[1], with_transitions[1])
     directory = make_bundle(model, splits.vocabulary, splits.train_counts, {}).save(tmp_path / "transitions")
     assert_serves_as_ranked(model, directory, splits.vocabulary)
 
@@ -300,33 +309,35 @@ def test_item_pairs_are_the_sessions_distinct_transitions():
     assert len(item_pair_keys([np.array([4])], n_items=5)) == 0
 
 
-def test_a_pair_score_moves_its_next_item_after_its_first_item_only_in_torch_and_numpy(trained, tmp_path):
+def test_the_pairs_softmax_is_mixed_in_after_its_first_item_only_in_torch_and_numpy(trained, tmp_path):
     splits, _ = trained
     pairs = item_pair_keys([np.array([2, 7]), np.array([2, 9]), np.array([4, 1])], N_ITEMS + 1)
     model = LSTMRecommender(LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=8, hidden_dim=8), pairs).eval()
-    assert not model.pair_bias.any()  # starts as the model without them
     prefixes = [np.array([1, 2]), np.array([4]), np.array([2, 3])]
-    without = LSTMRanker(model).logits(*padded_items(prefixes, 20))
     with torch.no_grad():
-        model.pair_bias.copy_(torch.tensor([5.0, -3.0, 2.0]))  # pairs in key order: 2 -> 7, 2 -> 9, 4 -> 1
-    with_pairs = LSTMRanker(model).logits(*padded_items(prefixes, 20))
-    np.testing.assert_allclose(with_pairs, torch_logits_after_last_items(model, prefixes), rtol=1e-4, atol=1e-5)
-    with_pairs[:, PADDING_ID] = without[:, PADDING_ID] = 0.0  # -inf in both
-    moved = with_pairs - without
-    assert (
-        moved[0, 7] == pytest.approx(5.0) and moved[0, 9] == pytest.approx(-3.0) and moved[1, 1] == pytest.approx(2.0)
-    )
-    moved[0, [7, 9]] = moved[1, 1] = 0
-    assert not moved.any()  # nothing else, and nothing after item 3, which starts no known pair
+        lstm_alone = torch.softmax(model.item_logits(model(*pad_batch(prefixes, 20))), dim=1)
+        lstm_alone = lstm_alone[torch.tensor([1, 2, 4])].numpy()  # each prefix's last position
+        model.pair_bias.copy_(torch.tensor([1.0, -1.0, 2.0]))  # pairs in key order: 2 -> 7, 2 -> 9, 4 -> 1
+    probabilities = LSTMRanker(model).probabilities(*padded_items(prefixes, 20))
+    np.testing.assert_allclose(probabilities, torch_probabilities_after_last_items(model, prefixes), atol=1e-6)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    # the gate starts at one half; after item 2, its pairs share their half as a softmax of their scores
+    expected = lstm_alone.copy()
+    expected[:2] *= 0.5
+    expected[0, [7, 9]] += 0.5 * np.exp([1.0, -1.0]) / np.exp([1.0, -1.0]).sum()
+    expected[1, 1] += 0.5  # item 4's one pair
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-7)  # item 3 starts no pair: as it was
     latest, targets = torch.tensor([2, 2, 4, 3]), torch.tensor([7, 8, 1, 7])
     with torch.no_grad():
         queries = torch.randn(4, 8)
-        full = model.item_logits(queries, latest)
-        np.testing.assert_allclose(
-            model.target_logits(queries, targets, latest), full[torch.arange(4), targets], rtol=1e-5
-        )
+        log_lstm = torch.log_softmax(model.item_logits(queries), dim=1)
+        full = model.log_probabilities(queries, latest)
+        lstm_logits = model.item_logits(queries)
+        np.testing.assert_allclose(model.target_logits(queries, targets), lstm_logits[range(4), targets], rtol=1e-5)
         candidates = torch.tensor([7, 1, 7, 9, 3])  # a sample may hold an item twice
-        np.testing.assert_allclose(model.candidate_logits(queries, candidates, latest), full[:, candidates], rtol=1e-5)
+        np.testing.assert_allclose(model.candidate_logits(queries, candidates), lstm_logits[:, candidates], rtol=1e-5)
+        mixed = model.mixed_log_probability(queries, latest, targets, log_lstm[range(4), targets])
+        np.testing.assert_allclose(mixed, full[range(4), targets], rtol=1e-5)
     directory = make_bundle(model, splits.vocabulary, splits.train_counts, {}).save(tmp_path / "pairs")
     assert_serves_as_ranked(model, directory, splits.vocabulary)
     loaded = LSTMRecommender.from_state_dict(model.config, ModelBundle.load(directory).state_dict)

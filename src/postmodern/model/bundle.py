@@ -23,7 +23,9 @@ import torch
 from postmodern.model.dataset import PADDING_ID, Vocabulary
 from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender
 
-BUNDLE_FORMAT_VERSION = 1
+# 2: a model's item pairs are a softmax of their own, mixed with the LSTM's (in 1, they were added to its scores)
+BUNDLE_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 # what a bundle written before a config field existed meant by leaving it out
 CONFIG_BEFORE_FIELDS = {"item_skip": False, "tied_output": True, "item_transitions": False, "item_pairs": False}
 FALLBACK_SIZE = 200
@@ -67,12 +69,17 @@ class ModelBundle:
         if missing:
             raise BundleError(f"{directory} is not a model bundle: missing {', '.join(missing)}")
         metadata = json.loads((directory / "metadata.json").read_text())
-        if metadata.get("format_version") != BUNDLE_FORMAT_VERSION:
+        format_version = metadata.get("format_version")
+        if format_version not in READABLE_FORMAT_VERSIONS:
+            raise BundleError(f"{directory}: bundle format {format_version} is not one of {READABLE_FORMAT_VERSIONS}")
+        model_config = LSTMConfig(**{**CONFIG_BEFORE_FIELDS, **json.loads((directory / "config.json").read_text())})
+        if format_version == 1 and model_config.item_pairs:
             raise BundleError(
-                f"{directory}: bundle format {metadata.get('format_version')} is not {BUNDLE_FORMAT_VERSION}"
+                f"{directory}: its item pairs are added to the LSTM's scores, as in bundle format 1; this version "
+                "mixes them in as a softmax of their own: retrain the model"
             )
         return cls(
-            model_config=LSTMConfig(**{**CONFIG_BEFORE_FIELDS, **json.loads((directory / "config.json").read_text())}),
+            model_config=model_config,
             state_dict=torch.load(directory / "weights.pt", map_location="cpu", weights_only=True),
             vocabulary=json.loads((directory / "vocab.json").read_text()),
             popular=[(sku, float(share)) for sku, share in json.loads((directory / "popular.json").read_text())],

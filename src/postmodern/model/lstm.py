@@ -7,9 +7,10 @@ space) ranked rare items' successors better at 38k items (test MRR@20 0.5227 aga
 negatives, bench/bench_model.py's 200k sessions). A linear map of the latest item's embedding, and a learned
 vector of that item itself, are added to the LSTM's reading of the session, so that item-to-item transitions
 need not pass through the recurrent state; and each (latest item, next item) pair seen in training has a
-learned score of its own, added to that next item's. Training scores either the whole catalogue (full softmax)
-or the targets against a shared sample of negatives (sampled softmax, see `train.py`); `LSTMRanker` ranks with
-the same equations in NumPy.
+learned score of its own: the latest item's pairs make a second softmax, mixed with the LSTM's by a gate read
+from the session's state. Training scores either the whole catalogue (full softmax) or the targets against a
+shared sample of negatives (sampled softmax, see `train.py`); `LSTMRanker` ranks with the same equations in
+NumPy.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -62,10 +64,13 @@ class LSTMRecommender(nn.Module):
         )
         if self.item_transition is not None:
             nn.init.zeros_(self.item_transition.weight)
-        # and a score per pair of items seen one after the other in training, zero at first. A rare item's few
-        # transitions are its strongest evidence, and vectors shared with every other item smooth them away: at
-        # 38k items, the successors of items seen 1-4 times in training ranked at MRR@20 0.250 without these
-        # scores and 0.288 with them, where the transition counts got 0.289.
+        # and a score per pair of items seen one after the other in training, zero at first: the latest item's
+        # pairs make a softmax of their own, mixed with the LSTM's. A rare item's few transitions are its strongest
+        # evidence, which vectors shared with every other item smooth away. Added to the LSTM's scores instead, the
+        # pairs' order was upset by its high scores of items seen a few times, which a sampled softmax rarely draws
+        # as negatives (after an item seen 88 times, a next item seen 4 of those times ranked above one seen 30);
+        # at 38k items, validation MRR@20 after epochs 1/2/3 was 0.4945/0.5185/0.5253 added, 0.5247/0.5287/0.5304
+        # mixed.
         self.pair_bias = None
         if config.item_pairs:
             keys = torch.as_tensor(np.empty(0, np.int64) if pair_keys is None else pair_keys, dtype=torch.int64)
@@ -75,6 +80,10 @@ class LSTMRecommender(nn.Module):
             self.register_buffer("pair_starts", starts, persistent=False)
             self.register_buffer("pair_next", keys % config.n_items, persistent=False)
             self.pair_bias = nn.Parameter(torch.zeros(len(keys)))
+            # the pairs' weight in the mixture, read from the session's state: one half at first
+            self.pair_gate = nn.Linear(config.embedding_dim, 1)
+            nn.init.zeros_(self.pair_gate.weight)
+            nn.init.zeros_(self.pair_gate.bias)
         for embedding in (self.item_embedding, self.output_embedding):
             if embedding is not None:
                 nn.init.normal_(embedding.weight, std=0.05)
@@ -116,45 +125,67 @@ class LSTMRecommender(nn.Module):
         real = real_positions(lengths.to(items.device), items.size(1))
         return self.queries(hidden[real], embedded[real], items[real])
 
-    def item_logits(self, queries: torch.Tensor, latest: torch.Tensor) -> torch.Tensor:
-        """Scores of the whole catalogue: [n, n_items], padding at -inf. `latest`: each row's latest item [n]."""
+    def item_logits(self, queries: torch.Tensor) -> torch.Tensor:
+        """The LSTM's scores of the whole catalogue: [n, n_items], padding at -inf."""
         logits = queries @ self.output_weight.T + self.output_bias
         logits[..., PADDING_ID] = float("-inf")
-        if self.pair_bias is not None:
-            rows, items, scores = self.pair_scores(latest)
-            logits = logits.index_put((rows, items), scores, accumulate=True)
         return logits
 
-    def candidate_logits(self, queries: torch.Tensor, candidates: torch.Tensor, latest: torch.Tensor) -> torch.Tensor:
-        """Scores of some items only: [n, n_candidates] for candidates shared by every row ([n_candidates])."""
-        logits = queries @ self.output_weight[candidates].T + self.output_bias[candidates]
-        if self.pair_bias is None:
-            return logits
-        # each row's pairs whose next item is a candidate, placed in the column of that candidate (a sample may
-        # hold an item more than once: the columns of its distinct items are filled, then spread)
-        distinct, column_of_candidate = torch.unique(candidates, return_inverse=True)
-        column = torch.full((self.config.n_items,), -1, dtype=torch.int64, device=candidates.device)
-        column[distinct] = torch.arange(len(distinct), device=candidates.device)
-        rows, items, scores = self.pair_scores(latest)
-        columns = column[items]
-        sampled = columns >= 0
-        pair_logits = queries.new_zeros(len(latest), len(distinct))
-        pair_logits = pair_logits.index_put((rows[sampled], columns[sampled]), scores[sampled])
-        return logits + pair_logits[:, column_of_candidate]
+    def candidate_logits(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """The LSTM's scores of some items only: [n, n_candidates] for candidates shared by every row."""
+        return queries @ self.output_weight[candidates].T + self.output_bias[candidates]
 
-    def target_logits(self, queries: torch.Tensor, targets: torch.Tensor, latest: torch.Tensor) -> torch.Tensor:
-        """The score of each row's own target: [n]."""
-        logits = (queries * self.output_weight[targets]).sum(-1) + self.output_bias[targets]
+    def target_logits(self, queries: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The LSTM's score of each row's own target: [n]."""
+        return (queries * self.output_weight[targets]).sum(-1) + self.output_bias[targets]
+
+    def log_probabilities(self, queries: torch.Tensor, latest: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of the whole catalogue as the next item: [n, n_items]. `latest`: each row's latest item."""
+        log_lstm = torch.log_softmax(self.item_logits(queries), dim=-1)
         if self.pair_bias is None or len(self.pair_keys) == 0:
-            return logits
+            return log_lstm
+        log_gate, log_not_gate = self.gate_log_weights(queries, latest)
+        rows, positions, log_normalisers = self.pair_log_normalisers(latest)
+        log_pairs = self.pair_bias[positions] - log_normalisers[rows]
+        mixed = log_lstm + log_not_gate[:, None]
+        items = self.pair_next[positions]
+        from_pairs = torch.logaddexp(mixed[rows, items], log_gate[rows] + log_pairs)
+        return mixed.index_put((rows, items), from_pairs)
+
+    def mixed_log_probability(
+        self, queries: torch.Tensor, latest: torch.Tensor, targets: torch.Tensor, log_lstm: torch.Tensor
+    ) -> torch.Tensor:
+        """Each target's log-probability [n], given its log-probability under the LSTM's softmax alone."""
+        if self.pair_bias is None or len(self.pair_keys) == 0:
+            return log_lstm
+        log_gate, log_not_gate = self.gate_log_weights(queries, latest)
         keys = latest * self.config.n_items + targets
         found_at = torch.searchsorted(self.pair_keys, keys).clamp(max=len(self.pair_keys) - 1)
-        return logits + torch.where(self.pair_keys[found_at] == keys, self.pair_bias[found_at], 0.0)
+        is_pair = self.pair_keys[found_at] == keys
+        log_pair = torch.where(is_pair, self.pair_bias[found_at] - self.pair_log_normalisers(latest)[2], float("-inf"))
+        return torch.logaddexp(log_not_gate + log_lstm, log_gate + log_pair)
 
-    def pair_scores(self, latest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every pair whose first item is a row's latest item: its row, its next item and its score."""
+    def gate_log_weights(self, queries: torch.Tensor, latest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log of the weight of the pairs' softmax, and of the LSTM's, per row: (-inf, 0) where the latest item
+        starts no pair."""
+        gate = self.pair_gate(queries).squeeze(-1)
+        has_pairs = self.pair_starts[latest + 1] > self.pair_starts[latest]
+        log_gate = torch.where(has_pairs, F.logsigmoid(gate), float("-inf"))
+        return log_gate, torch.where(has_pairs, F.logsigmoid(-gate), 0.0)
+
+    def pair_log_normalisers(self, latest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The pairs of each row's latest item (their rows and positions in the pair table, see `pair_positions`), and
+        the log normaliser of each row's softmax over them (-inf without pairs)."""
         rows, positions = pair_positions(self.pair_starts, latest)
-        return rows, self.pair_next[positions], self.pair_bias[positions]
+        scores = self.pair_bias[positions]
+        # a stable log-sum-exp per row: the row's highest score (no gradient needed) is taken out first; and a score
+        # more than 80 below it, whose share underflows anyway, is raised to 80 below, as torch.exp takes a slow
+        # path for every result that underflows
+        highest = scores.new_full((len(latest),), float("-inf")).scatter_reduce(0, rows, scores.detach(), "amax")
+        highest = torch.where(torch.isfinite(highest), highest, 0.0)
+        shares = torch.exp((scores - highest[rows]).clamp(min=-80.0))
+        sums = scores.new_zeros(len(latest)).index_add(0, rows, shares)
+        return rows, positions, torch.log(sums) + highest
 
 
 def real_positions(lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -202,11 +233,12 @@ class LSTMRanker:
     of evaluation and serving.
 
     It computes the model's equations (nn.LSTM's gates i, f, g, o, the skip from the latest item, the output
-    layer, then the latest item's pair scores) on a NumPy copy of the weights. At serving sizes, one short
-    session per request, torch's per-operation dispatch costs several times the arithmetic (about 1 ms per
-    request through the torch modules against 0.3 ms here, same rankings: the tests compare the two). Each
-    batch is one pass; the logits are the only catalogue-sized array; top-k is a partial selection
-    (argpartition) and the softmax normaliser is summed in place.
+    layer, the softmax, then the mixture with the latest item's pairs) on a NumPy copy of the weights. At
+    serving sizes, one short session per request, torch's per-operation dispatch costs several times the
+    arithmetic (about 1 ms per request through the torch modules against 0.3 ms here, same rankings: the tests
+    compare the two). Each
+    batch is one pass; the probabilities are the only catalogue-sized array, computed in place; top-k is a
+    partial selection (argpartition).
 
     Creating a ranker sets NumPy's BLAS to one thread for the process (torch's threads are its own): these
     products are small, and a second BLAS thread mostly waits for the first, several times slower on
@@ -244,6 +276,8 @@ class LSTMRanker:
         if self.pair_bias is not None:
             self.pair_starts = model.pair_starts.cpu().numpy()
             self.pair_next = model.pair_next.cpu().numpy()
+            self.pair_gate = array(model.pair_gate.weight[0])  # [embedding]
+            self.pair_gate_bias = float(model.pair_gate.bias.item())
         tied = model.output_embedding is None
         output_embedding = self.item_embedding if tied else array(model.output_embedding.weight)
         # The output vectors as columns: OpenBLAS is up to 7 times slower on the transposed view for batches
@@ -283,46 +317,56 @@ class LSTMRanker:
         in_given_order[order] = last
         return in_given_order
 
-    def logits(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """[batch, n_items] next-item logits after each row's last item; padding is -inf."""
+    def probabilities(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """[batch, n_items] next-item probabilities after each row's last item; padding is 0."""
         in_item_space = self.last_hidden(items, lengths) @ self.to_item_space + self.to_item_space_bias
         latest = items[np.arange(len(items)), lengths - 1]
         if self.item_skip is not None:
             in_item_space += self.item_embedding[latest] @ self.item_skip + self.item_skip_bias
         if self.item_transition is not None:
             in_item_space += self.item_transition[latest]
-        logits = in_item_space @ self.output_columns
-        logits += self.output_bias
-        if self.pair_bias is not None:
-            begins, ends = self.pair_starts[latest].tolist(), self.pair_starts[latest + 1].tolist()
-            for row, (begin, end) in enumerate(zip(begins, ends, strict=True)):
-                logits[row, self.pair_next[begin:end]] += self.pair_bias[begin:end]
-        return logits
+        probabilities = in_item_space @ self.output_columns
+        probabilities += self.output_bias
+        probabilities -= probabilities.max(axis=1, keepdims=True)  # exp cannot overflow
+        np.exp(probabilities, out=probabilities)
+        lstm_weight = 1.0 / probabilities.sum(axis=1)
+        if self.pair_bias is None:
+            probabilities *= lstm_weight[:, None]
+            return probabilities
+        begins, ends = self.pair_starts[latest], self.pair_starts[latest + 1]
+        gate_logits = in_item_space @ self.pair_gate + self.pair_gate_bias
+        gates = np.where(ends > begins, 1.0 / (1.0 + np.exp(-gate_logits)), 0.0)
+        probabilities *= (lstm_weight * (1.0 - gates))[:, None]
+        for row, (begin, end) in enumerate(zip(begins.tolist(), ends.tolist(), strict=True)):
+            if end > begin:
+                pairs = np.exp(self.pair_bias[begin:end] - self.pair_bias[begin:end].max())
+                probabilities[row, self.pair_next[begin:end]] += pairs * (gates[row] / pairs.sum())
+        return probabilities
 
     def rank(
         self, prefixes: list[np.ndarray] | list[list[int]], k: int, exclude_seen: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k item ids and their softmax probabilities for each prefix: two [n, k] arrays, best first.
-        With `exclude_seen`, the prefix's own items are not ranked; a row with fewer than k rankable items
-        ends with the padding id 0 (callers drop it)."""
+        """Top-k item ids and their probabilities for each prefix: two [n, k] arrays, best first. With
+        `exclude_seen`, the prefix's own items are not ranked, and the probabilities are those of the rest; a row
+        with fewer than k rankable items ends with the padding id 0 (callers drop it)."""
         items_out, scores_out = [], []
         for start in range(0, len(prefixes), self.batch_size):
             items, lengths = padded_items(prefixes[start : start + self.batch_size], self.max_length)
-            logits = self.logits(items, lengths)
+            probabilities = self.probabilities(items, lengths)
+            probabilities[:, PADDING_ID] = -1.0  # below every item
             if exclude_seen:
-                np.put_along_axis(logits, items, -np.inf, axis=1)
-            top_k = min(k, logits.shape[1] - 1)
-            rows = np.arange(len(logits))[:, None]
-            top_items = logits.argpartition(-top_k, axis=1)[:, -top_k:]
-            order = (-logits[rows, top_items]).argsort(axis=1, kind="stable")
+                np.put_along_axis(probabilities, items, -1.0, axis=1)
+            top_k = min(k, probabilities.shape[1] - 1)
+            rows = np.arange(len(probabilities))[:, None]
+            top_items = probabilities.argpartition(-top_k, axis=1)[:, -top_k:]
+            order = (-probabilities[rows, top_items]).argsort(axis=1, kind="stable")
             top_items = top_items[rows, order]
-            top_logits = logits[rows, top_items]
+            top_probabilities = probabilities[rows, top_items]
             if exclude_seen:
-                top_items[top_logits == -np.inf] = PADDING_ID
-            logits -= top_logits[:, :1]  # minus the highest: exp cannot overflow
-            np.exp(logits, out=logits)
+                top_items[top_probabilities < 0] = PADDING_ID
+                top_probabilities = top_probabilities / np.maximum(probabilities, 0.0).sum(axis=1, keepdims=True)
             items_out.append(top_items)
-            scores_out.append(logits[rows, top_items] / logits.sum(axis=1, keepdims=True))
+            scores_out.append(top_probabilities)
         if len(items_out) == 1:  # one batch, as when serving
             return items_out[0], scores_out[0]
         if not items_out:

@@ -116,11 +116,16 @@ def available_cores() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def configure_threads(num_threads: int | None = None) -> int:
+def configure_torch(num_threads: int | None = None) -> int:
     """Use `num_threads`, else the cores this process may run on: torch's default counts the machine's
-    cores, which oversubscribes containers and tasks sharing a machine."""
+    cores, which oversubscribes containers and tasks sharing a machine. Returns the threads.
+
+    And flush denormal floats to zero: the gradients of unlikely pairs are tiny, their squares in Adam's state
+    fall below float32's normal range, and every operation on such a number takes a slow path on a CPU (training
+    batches took up to 4 times longer after a few dozen steps)."""
     threads = num_threads or available_cores()
     torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
     return threads
 
 
@@ -182,7 +187,7 @@ class NegativeSampler:
 def full_softmax_loss(
     model: LSTMRecommender, queries: torch.Tensor, latest: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
-    return F.cross_entropy(model.item_logits(queries, latest), targets)
+    return F.nll_loss(model.log_probabilities(queries, latest), targets)
 
 
 def sampled_softmax_loss(
@@ -192,14 +197,18 @@ def sampled_softmax_loss(
     targets: torch.Tensor,
     sampler: NegativeSampler,
 ) -> torch.Tensor:
-    """Cross-entropy of each target against the shared negatives, each negative corrected by its log Q."""
+    """Cross-entropy of each target against the shared negatives, each negative corrected by its log Q (the
+    LSTM's softmax; the item pairs' softmax is exact, over the latest item's pairs)."""
     negatives = sampler.sample()
-    positive = model.target_logits(queries, targets, latest)
-    negative = model.candidate_logits(queries, negatives, latest) - sampler.log_expected[negatives]
+    positive = model.target_logits(queries, targets)
+    negative = model.candidate_logits(queries, negatives) - sampler.log_expected[negatives]
     # a negative that is the row's own target is not a negative (an "accidental hit")
     negative = negative.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+    # cross_entropy rather than logsumexp: torch.exp takes a slow path for every result that underflows, and most
+    # negatives' corrected scores are far below the target's (several times slower per batch, late in training)
     logits = torch.cat([positive[:, None], negative], dim=1)
-    return F.cross_entropy(logits, torch.zeros_like(targets))
+    log_lstm = -F.cross_entropy(logits, torch.zeros_like(targets), reduction="none")
+    return -model.mixed_log_probability(queries, latest, targets, log_lstm).mean()
 
 
 # (model, queries, each query's latest item, targets) -> mean loss
@@ -248,6 +257,15 @@ def make_optimizer(model: LSTMRecommender, train_config: TrainConfig) -> torch.o
     return torch.optim.AdamW(groups, lr=train_config.learning_rate, weight_decay=train_config.weight_decay, fused=True)
 
 
+def model_and_loss(
+    splits: SessionSplits, model_config: LSTMConfig, train_config: TrainConfig, device: torch.device
+) -> tuple[LSTMRecommender, LossFunction]:
+    """A new model, with the item pairs of the training sessions, and its loss."""
+    pair_keys = item_pair_keys(splits.train, model_config.n_items) if model_config.item_pairs else None
+    model = LSTMRecommender(model_config, pair_keys).to(device)
+    return model, make_loss(train_config, splits.train_counts, device)
+
+
 def train_lstm(
     splits: SessionSplits,
     model_config: LSTMConfig,
@@ -257,14 +275,12 @@ def train_lstm(
 ) -> TrainingResult:
     """Train with early stopping on validation MRR@20; returns the best epoch's weights."""
     train_config = train_config or TrainConfig()
-    configure_threads(train_config.num_threads)
+    configure_torch(train_config.num_threads)
     seed_everything(train_config.seed)
     device = torch.device(train_config.device)
-    pair_keys = item_pair_keys(splits.train, model_config.n_items) if model_config.item_pairs else None
-    model = LSTMRecommender(model_config, pair_keys).to(device)
+    model, loss_function = model_and_loss(splits, model_config, train_config, device)
     optimizer = make_optimizer(model, train_config)
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=train_config.lr_decay)
-    loss_function = make_loss(train_config, splits.train_counts, device)
     windows = TrainingWindows(splits.train, model_config.max_length)
     validation = next_item_cases(splits.validation, max_cases=train_config.validation_cases, seed=train_config.seed)
     if len(validation.targets) == 0:
