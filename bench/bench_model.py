@@ -116,7 +116,7 @@ def measure_throughput(workdir: Path, loss: str, batches: int, queue) -> None:
     from postmodern.model.train import (
         TrainConfig,
         TrainingWindows,
-        configure_torch,
+        configure_threads,
         make_optimizer,
         model_and_loss,
         seed_everything,
@@ -126,7 +126,7 @@ def measure_throughput(workdir: Path, loss: str, batches: int, queue) -> None:
     splits = load_splits(workdir)
     model_config = LSTMConfig(splits.vocabulary.size_with_padding)
     train_config = TrainConfig(loss=loss)
-    threads = configure_torch(train_config.num_threads)
+    threads = configure_threads(train_config.num_threads)
     seed_everything(0)
     device = torch.device(train_config.device)
     model, loss_function = model_and_loss(splits, model_config, train_config, device)

@@ -147,6 +147,7 @@ def test_sampled_training_learns_and_the_same_seed_gives_the_same_model(trained)
     config = LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=16, hidden_dim=32, dropout=0.1, max_length=5)
     train_config = TrainConfig(epochs=3, learning_rate=1e-2, batch_size=32, loss="sampled", n_negatives=8, seed=3)
     first, second = (train_lstm(splits, config, train_config, progress=False) for _ in range(2))
+    assert torch.tensor([1e-39]).mul(1.0).item() != 0.0  # denormals were flushed only while training
     assert [r.train_loss for r in first.history] == [r.train_loss for r in second.history]
     for name, tensor in first.model.state_dict().items():
         torch.testing.assert_close(tensor, second.model.state_dict()[name], rtol=0, atol=0)

@@ -22,6 +22,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,17 +117,25 @@ def available_cores() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def configure_torch(num_threads: int | None = None) -> int:
+def configure_threads(num_threads: int | None = None) -> int:
     """Use `num_threads`, else the cores this process may run on: torch's default counts the machine's
-    cores, which oversubscribes containers and tasks sharing a machine. Returns the threads.
-
-    And flush denormal floats to zero: the gradients of unlikely pairs are tiny, their squares in Adam's state
-    fall below float32's normal range, and every operation on such a number takes a slow path on a CPU (training
-    batches took up to 4 times longer after a few dozen steps)."""
+    cores, which oversubscribes containers and tasks sharing a machine."""
     threads = num_threads or available_cores()
     torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)
     return threads
+
+
+@contextmanager
+def denormals_flushed() -> Iterator[None]:
+    """Flush denormal floats to zero within, as the default after. The gradients of unlikely pairs are tiny,
+    their squares in Adam's state fall below float32's normal range, and every operation on such a number takes
+    a slow path on a CPU: training batches took up to 4 times longer after a few dozen steps. The setting is the
+    CPU thread's, so it must not outlive training (hypothesis, for one, refuses to run under it)."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def training_windows(sessions: list[np.ndarray], max_length: int) -> list[np.ndarray]:
@@ -235,16 +244,17 @@ def train_steps(
     """One optimiser step per batch; yields each batch's mean loss and number of positions."""
     device = next(model.parameters()).device
     model.train()
-    for indices in batches:
-        inputs, lengths, targets = windows.batch(indices)
-        inputs, lengths, targets = inputs.to(device), lengths.to(device), targets.to(device)
-        real = real_positions(lengths, inputs.size(1))
-        loss = loss_function(model, model(inputs, lengths), inputs[real], targets[real])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        yield loss.item(), int(lengths.sum())
+    with denormals_flushed():
+        for indices in batches:
+            inputs, lengths, targets = windows.batch(indices)
+            inputs, lengths, targets = inputs.to(device), lengths.to(device), targets.to(device)
+            real = real_positions(lengths, inputs.size(1))
+            loss = loss_function(model, model(inputs, lengths), inputs[real], targets[real])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            yield loss.item(), int(lengths.sum())
 
 
 def make_optimizer(model: LSTMRecommender, train_config: TrainConfig) -> torch.optim.Optimizer:
@@ -275,7 +285,7 @@ def train_lstm(
 ) -> TrainingResult:
     """Train with early stopping on validation MRR@20; returns the best epoch's weights."""
     train_config = train_config or TrainConfig()
-    configure_torch(train_config.num_threads)
+    configure_threads(train_config.num_threads)
     seed_everything(train_config.seed)
     device = torch.device(train_config.device)
     model, loss_function = model_and_loss(splits, model_config, train_config, device)
