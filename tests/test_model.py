@@ -337,7 +337,11 @@ def test_the_pairs_softmax_is_mixed_in_after_its_first_item_only_in_torch_and_nu
         np.testing.assert_allclose(model.target_logits(queries, targets), lstm_logits[range(4), targets], rtol=1e-5)
         candidates = torch.tensor([7, 1, 7, 9, 3])  # a sample may hold an item twice
         np.testing.assert_allclose(model.candidate_logits(queries, candidates), lstm_logits[:, candidates], rtol=1e-5)
-        mixed = model.mixed_log_probability(queries, latest, targets, log_lstm[range(4), targets])
+        log_pair = model.pair_log_probability(latest, targets)  # 2 -> 7 and 4 -> 1 are pairs, 2 -> 8 and 3 -> 7 not
+        np.testing.assert_allclose(log_pair[[1, 3]], [-np.inf, -np.inf])
+        after_2 = np.log(np.exp(1.0) / (np.exp(1.0) + np.exp(-1.0)))
+        np.testing.assert_allclose(log_pair[[0, 2]], [after_2, 0.0], rtol=1e-5)
+        mixed = model.mixed_log_probability(queries, latest, log_lstm[range(4), targets], log_pair)
         np.testing.assert_allclose(mixed, full[range(4), targets], rtol=1e-5)
     directory = make_bundle(model, splits.vocabulary, splits.train_counts, {}).save(tmp_path / "pairs")
     assert_serves_as_ranked(model, directory, splits.vocabulary)

@@ -153,17 +153,20 @@ class LSTMRecommender(nn.Module):
         return mixed.index_put((rows, items), from_pairs)
 
     def mixed_log_probability(
-        self, queries: torch.Tensor, latest: torch.Tensor, targets: torch.Tensor, log_lstm: torch.Tensor
+        self, queries: torch.Tensor, latest: torch.Tensor, log_lstm: torch.Tensor, log_pair: torch.Tensor
     ) -> torch.Tensor:
-        """Each target's log-probability [n], given its log-probability under the LSTM's softmax alone."""
-        if self.pair_bias is None or len(self.pair_keys) == 0:
-            return log_lstm
+        """Each target's log-probability [n], from its log-probabilities under the LSTM's softmax alone and under
+        the pairs' (see `pair_log_probability`)."""
         log_gate, log_not_gate = self.gate_log_weights(queries, latest)
+        return torch.logaddexp(log_not_gate + log_lstm, log_gate + log_pair)
+
+    def pair_log_probability(self, latest: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each target's log-probability [n] under the softmax of its latest item's pairs: -inf where it is not one
+        of them."""
         keys = latest * self.config.n_items + targets
         found_at = torch.searchsorted(self.pair_keys, keys).clamp(max=len(self.pair_keys) - 1)
-        is_pair = self.pair_keys[found_at] == keys
-        log_pair = torch.where(is_pair, self.pair_bias[found_at] - self.pair_log_normalisers(latest)[2], float("-inf"))
-        return torch.logaddexp(log_not_gate + log_lstm, log_gate + log_pair)
+        log_pair = self.pair_bias[found_at] - self.pair_log_normalisers(latest)[2]
+        return torch.where(self.pair_keys[found_at] == keys, log_pair, float("-inf"))
 
     def gate_log_weights(self, queries: torch.Tensor, latest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log of the weight of the pairs' softmax, and of the LSTM's, per row: (-inf, 0) where the latest item
