@@ -69,8 +69,8 @@ class LSTMRecommender(nn.Module):
         # evidence, which vectors shared with every other item smooth away. Added to the LSTM's scores instead, the
         # pairs' order was upset by its high scores of items seen a few times, which a sampled softmax rarely draws
         # as negatives (after an item seen 88 times, a next item seen 4 of those times ranked above one seen 30);
-        # at 38k items, validation MRR@20 after epochs 1/2/3 was 0.4945/0.5185/0.5253 added, 0.5247/0.5287/0.5304
-        # mixed.
+        # at 38k items, validation MRR@20 after epochs 1/2/3 was 0.4945/0.5185/0.5253 added, 0.5272/0.5327/0.5351
+        # mixed (with the loss of `train.mixture_loss`).
         self.pair_bias = None
         if config.item_pairs:
             keys = torch.as_tensor(np.empty(0, np.int64) if pair_keys is None else pair_keys, dtype=torch.int64)
