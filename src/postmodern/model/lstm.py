@@ -96,6 +96,11 @@ class LSTMRecommender(nn.Module):
         return model
 
     @property
+    def mixes_pairs(self) -> bool:
+        """Whether the pairs' softmax is mixed in: item pairs configured, and at least one seen in training."""
+        return self.pair_bias is not None and len(self.pair_keys) > 0
+
+    @property
     def output_weight(self) -> torch.Tensor:
         """[n_items, embedding_dim]: what a query is scored against."""
         return (self.item_embedding if self.output_embedding is None else self.output_embedding).weight
@@ -142,7 +147,7 @@ class LSTMRecommender(nn.Module):
     def log_probabilities(self, queries: torch.Tensor, latest: torch.Tensor) -> torch.Tensor:
         """Log-probabilities of the whole catalogue as the next item: [n, n_items]. `latest`: each row's latest item."""
         log_lstm = torch.log_softmax(self.item_logits(queries), dim=-1)
-        if self.pair_bias is None or len(self.pair_keys) == 0:
+        if not self.mixes_pairs:
             return log_lstm
         log_gate, log_not_gate = self.gate_log_weights(queries, latest)
         rows, positions, log_normalisers = self.pair_log_normalisers(latest)

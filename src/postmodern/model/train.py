@@ -229,7 +229,7 @@ def mixture_loss(
     and the LSTM ranked what the pairs miss poorly (bench_model's 38k items, after epoch 2: validation HR@20
     0.774 against 0.796 with its own term, MRR@20 0.5287 against 0.5327). `log_lstm`: each target's under the
     LSTM's softmax [n]."""
-    if model.pair_bias is None or len(model.pair_keys) == 0:
+    if not model.mixes_pairs:
         return -log_lstm.mean()
     log_pair = model.pair_log_probability(latest, targets)
     mixed = model.mixed_log_probability(queries, latest, log_lstm, log_pair)
