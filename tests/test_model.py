@@ -14,7 +14,7 @@ from postmodern.model.lstm import (
     LSTMConfig,
     LSTMRanker,
     LSTMRecommender,
-    item_pair_keys,
+    item_pair_counts,
     pad_batch,
     padded_items,
     real_positions,
@@ -24,7 +24,6 @@ from postmodern.model.train import (
     TrainConfig,
     TrainingWindows,
     full_softmax_loss,
-    make_optimizer,
     sampled_softmax_loss,
     train_lstm,
     training_windows,
@@ -120,11 +119,10 @@ def test_only_real_positions_reach_the_output_layer_and_padding_is_never_predict
 
 def test_sampled_softmax_tends_to_the_full_softmax_and_removes_accidental_hits():
     torch.manual_seed(0)
-    # pairs of the latest items below with targets (1 -> 2, 3 -> 11) and with other items (1 -> 5, 2 -> 7)
-    pairs = item_pair_keys([np.array([1, 2, 7]), np.array([3, 11]), np.array([1, 5])], n_items=12)
-    model = LSTMRecommender(LSTMConfig(n_items=12, embedding_dim=6, hidden_dim=8), pairs)
+    # transitions from the latest items below to targets (1 -> 2, 3 -> 11) and to other items (1 -> 5, 2 -> 7)
+    sessions = [np.array([1, 2, 7]), np.array([1, 2]), np.array([3, 11]), np.array([3, 11]), np.array([1, 5])]
+    model = LSTMRecommender(LSTMConfig(n_items=12, embedding_dim=6, hidden_dim=8), item_pair_counts(sessions, 12))
     with torch.no_grad():
-        model.pair_bias.normal_(std=2.0)
         model.pair_gate.weight.normal_()
     queries, latest, targets = torch.randn(5, 6), torch.tensor([4, 1, 2, 3, 1]), torch.tensor([1, 2, 3, 11, 1])
     counts = np.array([0, 50, 20, 10, 5, 5, 4, 3, 2, 2, 1, 1])
@@ -147,7 +145,6 @@ def test_sampled_training_learns_and_the_same_seed_gives_the_same_model(trained)
     config = LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=16, hidden_dim=32, dropout=0.1, max_length=5)
     train_config = TrainConfig(epochs=3, learning_rate=1e-2, batch_size=32, loss="sampled", n_negatives=8, seed=3)
     first, second = (train_lstm(splits, config, train_config, progress=False) for _ in range(2))
-    assert torch.tensor([1e-39]).mul(1.0).item() != 0.0  # denormals were flushed only while training
     assert [r.train_loss for r in first.history] == [r.train_loss for r in second.history]
     for name, tensor in first.model.state_dict().items():
         torch.testing.assert_close(tensor, second.model.state_dict()[name], rtol=0, atol=0)
@@ -197,7 +194,7 @@ def test_bundle_round_trip_ranks_identically_and_serves_skus(trained, tmp_path):
     bundle = make_bundle(result.model, splits.vocabulary, splits.train_counts, {"model_version": "v1"})
     loaded = ModelBundle.load(bundle.save(tmp_path / "bundle"))
     assert loaded.version == "v1" and loaded.vocabulary == bundle.vocabulary
-    assert json.loads((tmp_path / "bundle" / "metadata.json").read_text())["format_version"] == 2
+    assert json.loads((tmp_path / "bundle" / "metadata.json").read_text())["format_version"] == 3
     recommender = SessionRecommender(loaded)
     original = LSTMRanker(result.model).rank([np.array([5, 6])], k=3)[0][0]
     first, unknown_only = recommender.recommend([["sku5", "nope", "sku6"], ["nope"]], k=3)
@@ -223,11 +220,13 @@ def test_a_bundle_from_before_the_item_skip_and_pairs_loads_as_it_was_trained(tr
     assert [sku for sku, _ in loaded.recommend([["sku3", "sku4"]], k=5)[0].items] == splits.vocabulary.decode(
         expected[0]
     )
-    # a format-1 bundle whose pairs were added to the LSTM's scores would rank differently now: refused
+    # a bundle of format 1 or 2 whose pairs were learned scores has no counts to mix in: refused
     config["item_pairs"] = True
     (directory / "config.json").write_text(json.dumps(config))
-    with pytest.raises(BundleError, match="retrain"):
-        ModelBundle.load(directory)
+    for format_version in (1, 2):
+        (directory / "metadata.json").write_text(json.dumps({"format_version": format_version}))
+        with pytest.raises(BundleError, match="retrain"):
+            ModelBundle.load(directory)
 
 
 def assert_serves_as_ranked(model: LSTMRecommender, bundle_directory, vocabulary: Vocabulary) -> None:
@@ -304,57 +303,47 @@ def test_registry_points_latest_at_the_newest_version(trained, tmp_path):
     assert not list(registry.glob(".*partial"))
 
 
-def test_item_pairs_are_the_sessions_distinct_transitions():
-    keys = item_pair_keys([np.array([1, 2, 3]), np.array([2, 3]), np.array([4]), np.array([3, 1])], n_items=5)
-    assert [divmod(int(key), 5) for key in keys] == [(1, 2), (2, 3), (3, 1)]
-    assert len(item_pair_keys([np.array([4])], n_items=5)) == 0
+def test_item_pairs_are_the_sessions_transitions_counted():
+    keys, counts = item_pair_counts(
+        [np.array([1, 2, 3]), np.array([2, 3]), np.array([4]), np.array([3, 1]), np.array([3, 3, 1])], n_items=5
+    )
+    assert [divmod(int(key), 5) for key in keys] == [(1, 2), (2, 3), (3, 1), (3, 3)]
+    assert counts.tolist() == [1, 2, 2, 1]
+    assert len(item_pair_counts([np.array([4])], n_items=5)[0]) == 0
 
 
-def test_the_pairs_softmax_is_mixed_in_after_its_first_item_only_in_torch_and_numpy(trained, tmp_path):
+def test_the_transition_frequencies_are_mixed_in_after_their_first_item_only_in_torch_and_numpy(trained, tmp_path):
     splits, _ = trained
-    pairs = item_pair_keys([np.array([2, 7]), np.array([2, 9]), np.array([4, 1])], N_ITEMS + 1)
+    sessions = [np.array([2, 7]), np.array([2, 7]), np.array([2, 9]), np.array([4, 1])]
+    pairs = item_pair_counts(sessions, N_ITEMS + 1)
     model = LSTMRecommender(LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=8, hidden_dim=8), pairs).eval()
     prefixes = [np.array([1, 2]), np.array([4]), np.array([2, 3])]
     with torch.no_grad():
         lstm_alone = torch.softmax(model.item_logits(model(*pad_batch(prefixes, 20))), dim=1)
         lstm_alone = lstm_alone[torch.tensor([1, 2, 4])].numpy()  # each prefix's last position
-        model.pair_bias.copy_(torch.tensor([1.0, -1.0, 2.0]))  # pairs in key order: 2 -> 7, 2 -> 9, 4 -> 1
     probabilities = LSTMRanker(model).probabilities(*padded_items(prefixes, 20))
     np.testing.assert_allclose(probabilities, torch_probabilities_after_last_items(model, prefixes), atol=1e-6)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
-    # the gate starts at one half; after item 2, its pairs share their half as a softmax of their scores
+    # the gate starts at one half; after item 2, its transitions share their half: 2 / 3 to item 7, 1 / 3 to item 9
     expected = lstm_alone.copy()
     expected[:2] *= 0.5
-    expected[0, [7, 9]] += 0.5 * np.exp([1.0, -1.0]) / np.exp([1.0, -1.0]).sum()
-    expected[1, 1] += 0.5  # item 4's one pair
-    np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-7)  # item 3 starts no pair: as it was
+    expected[0, [7, 9]] += 0.5 * np.array([2, 1]) / 3
+    expected[1, 1] += 0.5  # item 4's one transition
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-7)  # item 3 starts none: as it was
     latest, targets = torch.tensor([2, 2, 4, 3]), torch.tensor([7, 8, 1, 7])
     with torch.no_grad():
         queries = torch.randn(4, 8)
-        log_lstm = torch.log_softmax(model.item_logits(queries), dim=1)
         full = model.log_probabilities(queries, latest)
         lstm_logits = model.item_logits(queries)
         np.testing.assert_allclose(model.target_logits(queries, targets), lstm_logits[range(4), targets], rtol=1e-5)
         candidates = torch.tensor([7, 1, 7, 9, 3])  # a sample may hold an item twice
         np.testing.assert_allclose(model.candidate_logits(queries, candidates), lstm_logits[:, candidates], rtol=1e-5)
-        log_pair = model.pair_log_probability(latest, targets)  # 2 -> 7 and 4 -> 1 are pairs, 2 -> 8 and 3 -> 7 not
-        np.testing.assert_allclose(log_pair[[1, 3]], [-np.inf, -np.inf])
-        after_2 = np.log(np.exp(1.0) / (np.exp(1.0) + np.exp(-1.0)))
-        np.testing.assert_allclose(log_pair[[0, 2]], [after_2, 0.0], rtol=1e-5)
-        mixed = model.mixed_log_probability(queries, latest, log_lstm[range(4), targets], log_pair)
+        log_lstm = torch.log_softmax(lstm_logits, dim=1)[range(4), targets]
+        mixed = model.mixed_log_probability(queries, latest, targets, log_lstm)
         np.testing.assert_allclose(mixed, full[range(4), targets], rtol=1e-5)
+        lstm = log_lstm.exp().numpy()  # 2 -> 7 is 2 of item 2's 3 transitions; 2 -> 8 none; item 3 starts none
+        np.testing.assert_allclose(mixed.exp(), [0.5 * lstm[0] + 1 / 3, 0.5 * lstm[1], 0.5 * lstm[2] + 0.5, lstm[3]])
     directory = make_bundle(model, splits.vocabulary, splits.train_counts, {}).save(tmp_path / "pairs")
     assert_serves_as_ranked(model, directory, splits.vocabulary)
     loaded = LSTMRecommender.from_state_dict(model.config, ModelBundle.load(directory).state_dict)
-    assert torch.equal(loaded.pair_keys, model.pair_keys) and torch.equal(loaded.pair_bias, model.pair_bias)
-
-
-def test_item_pairs_learn_at_their_own_rate_without_weight_decay(trained):
-    splits, _ = trained
-    pairs = item_pair_keys(splits.train, N_ITEMS + 1)
-    model = LSTMRecommender(LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=8, hidden_dim=8), pairs)
-    groups = make_optimizer(model, TrainConfig(learning_rate=1e-3, pair_lr_multiplier=30.0)).param_groups
-    assert [len(group["params"]) for group in groups] == [len(list(model.parameters())) - 1, 1]
-    assert groups[1]["params"][0] is model.pair_bias
-    assert groups[1]["lr"] == pytest.approx(0.03) and groups[1]["weight_decay"] == 0.0
-    assert groups[0]["lr"] == pytest.approx(1e-3)
+    assert torch.equal(loaded.pair_keys, model.pair_keys) and torch.equal(loaded.pair_counts, model.pair_counts)

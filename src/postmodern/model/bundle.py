@@ -23,9 +23,10 @@ import torch
 from postmodern.model.dataset import PADDING_ID, Vocabulary
 from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender
 
-# 2: a model's item pairs are a softmax of their own, mixed with the LSTM's (in 1, they were added to its scores)
-BUNDLE_FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
+# 3: a model's item pairs are the training transitions' counts, mixed in as frequencies (in 1 and 2, they were
+# learned scores, added to the LSTM's in 1, a softmax of their own in 2)
+BUNDLE_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 # what a bundle written before a config field existed meant by leaving it out
 CONFIG_BEFORE_FIELDS = {"item_skip": False, "tied_output": True, "item_transitions": False, "item_pairs": False}
 FALLBACK_SIZE = 200
@@ -73,10 +74,10 @@ class ModelBundle:
         if format_version not in READABLE_FORMAT_VERSIONS:
             raise BundleError(f"{directory}: bundle format {format_version} is not one of {READABLE_FORMAT_VERSIONS}")
         model_config = LSTMConfig(**{**CONFIG_BEFORE_FIELDS, **json.loads((directory / "config.json").read_text())})
-        if format_version == 1 and model_config.item_pairs:
+        if format_version < BUNDLE_FORMAT_VERSION and model_config.item_pairs:
             raise BundleError(
-                f"{directory}: its item pairs are added to the LSTM's scores, as in bundle format 1; this version "
-                "mixes them in as a softmax of their own: retrain the model"
+                f"{directory}: its item pairs are learned scores, as in bundle format {format_version}; this version "
+                "mixes in the training transitions' frequencies: retrain the model"
             )
         return cls(
             model_config=model_config,

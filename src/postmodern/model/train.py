@@ -22,7 +22,6 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +35,7 @@ from postmodern.model.lstm import (
     LSTMConfig,
     LSTMRanker,
     LSTMRecommender,
-    item_pair_keys,
+    item_pair_counts,
     pad_batch,
     real_positions,
 )
@@ -63,9 +62,6 @@ class TrainConfig:
     # only 0.001 above 16,384 negatives after one epoch (bench/bench_model.py data).
     n_negatives: int = 4096
     negative_alpha: float = 0.75  # sampled softmax: negatives drawn with probability ∝ count ** alpha
-    # The item pairs' scores learn at this multiple of the learning rate, without weight decay: a pair is
-    # trained on only when its first item is the latest one, a few times an epoch for most pairs.
-    pair_lr_multiplier: float = 30.0
     num_threads: int | None = None  # torch threads; None: the cores this process may use
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
 
@@ -123,19 +119,6 @@ def configure_threads(num_threads: int | None = None) -> int:
     threads = num_threads or available_cores()
     torch.set_num_threads(threads)
     return threads
-
-
-@contextmanager
-def denormals_flushed() -> Iterator[None]:
-    """Flush denormal floats to zero within, as the default after. The gradients of unlikely pairs are tiny,
-    their squares in Adam's state fall below float32's normal range, and every operation on such a number takes
-    a slow path on a CPU: training batches took up to 4 times longer after a few dozen steps. The setting is the
-    CPU thread's, so it must not outlive training (hypothesis, for one, refuses to run under it)."""
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
 
 
 def training_windows(sessions: list[np.ndarray], max_length: int) -> list[np.ndarray]:
@@ -207,8 +190,8 @@ def sampled_softmax_loss(
     targets: torch.Tensor,
     sampler: NegativeSampler,
 ) -> torch.Tensor:
-    """Cross-entropy of each target against the shared negatives, each negative corrected by its log Q (the
-    LSTM's softmax; the item pairs' softmax is exact, over the latest item's pairs)."""
+    """The LSTM softmax's cross-entropy of each target against the shared negatives, each negative corrected by
+    its log Q, in the mixture's loss."""
     negatives = sampler.sample()
     positive = model.target_logits(queries, targets)
     negative = model.candidate_logits(queries, negatives) - sampler.log_expected[negatives]
@@ -224,16 +207,19 @@ def sampled_softmax_loss(
 def mixture_loss(
     model: LSTMRecommender, queries: torch.Tensor, latest: torch.Tensor, targets: torch.Tensor, log_lstm: torch.Tensor
 ) -> torch.Tensor:
-    """The mixture's negative log-likelihood, plus each expert's own: the LSTM's softmax's, and the pairs' softmax's
-    where the target is a pair. On the mixture's alone, an expert learns little where the other takes the weight,
-    and the LSTM ranked what the pairs miss poorly (bench_model's 38k items, after epoch 2: validation HR@20
-    0.774 against 0.796 with its own term, MRR@20 0.5287 against 0.5327). `log_lstm`: each target's under the
-    LSTM's softmax [n]."""
+    """The mixture's negative log-likelihood, plus the LSTM softmax's own. On the mixture's alone, the LSTM learns
+    little where the pairs take the weight, and ranked what they miss poorly (with the pairs as a learned softmax,
+    bench_model's 38k items, after epoch 2: validation HR@20 0.774 against 0.796 with its own term). `log_lstm`:
+    each target's log-probability under the LSTM's softmax [n].
+
+    A position's own transition stays in the frequencies it is trained against: the LSTM has learned it too, and
+    the gate weighs the two as they stand on the training sessions. With it left out, the gate learned to trust
+    the LSTM more every epoch as the LSTM learned the training sessions (validation MRR@20 0.5354/0.5333/0.5313
+    at epochs 1/2/3, against 0.5390/0.5394/0.5406 with it in)."""
     if not model.mixes_pairs:
         return -log_lstm.mean()
-    log_pair = model.pair_log_probability(latest, targets)
-    mixed = model.mixed_log_probability(queries, latest, log_lstm, log_pair)
-    return -(mixed + log_lstm + torch.where(torch.isfinite(log_pair), log_pair, 0.0)).mean()
+    mixed = model.mixed_log_probability(queries, latest, targets, log_lstm)
+    return -(mixed + log_lstm).mean()
 
 
 # (model, queries, each query's latest item, targets) -> mean loss
@@ -260,35 +246,32 @@ def train_steps(
     """One optimiser step per batch; yields each batch's mean loss and number of positions."""
     device = next(model.parameters()).device
     model.train()
-    with denormals_flushed():
-        for indices in batches:
-            inputs, lengths, targets = windows.batch(indices)
-            inputs, lengths, targets = inputs.to(device), lengths.to(device), targets.to(device)
-            real = real_positions(lengths, inputs.size(1))
-            loss = loss_function(model, model(inputs, lengths), inputs[real], targets[real])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-            yield loss.item(), int(lengths.sum())
+    for indices in batches:
+        inputs, lengths, targets = windows.batch(indices)
+        inputs, lengths, targets = inputs.to(device), lengths.to(device), targets.to(device)
+        real = real_positions(lengths, inputs.size(1))
+        loss = loss_function(model, model(inputs, lengths), inputs[real], targets[real])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        yield loss.item(), int(lengths.sum())
 
 
 def make_optimizer(model: LSTMRecommender, train_config: TrainConfig) -> torch.optim.Optimizer:
-    groups = [{"params": [parameter for name, parameter in model.named_parameters() if name != "pair_bias"]}]
-    if model.pair_bias is not None:
-        pair_lr = train_config.learning_rate * train_config.pair_lr_multiplier
-        groups.append({"params": [model.pair_bias], "lr": pair_lr, "weight_decay": 0.0})
     # fused: one kernel over all parameters; the per-tensor loop takes several times longer over a large
     # embedding table, which every step updates
-    return torch.optim.AdamW(groups, lr=train_config.learning_rate, weight_decay=train_config.weight_decay, fused=True)
+    return torch.optim.AdamW(
+        model.parameters(), lr=train_config.learning_rate, weight_decay=train_config.weight_decay, fused=True
+    )
 
 
 def model_and_loss(
     splits: SessionSplits, model_config: LSTMConfig, train_config: TrainConfig, device: torch.device
 ) -> tuple[LSTMRecommender, LossFunction]:
-    """A new model, with the item pairs of the training sessions, and its loss."""
-    pair_keys = item_pair_keys(splits.train, model_config.n_items) if model_config.item_pairs else None
-    model = LSTMRecommender(model_config, pair_keys).to(device)
+    """A new model, with the transitions of the training sessions, and its loss."""
+    pair_counts = item_pair_counts(splits.train, model_config.n_items) if model_config.item_pairs else None
+    model = LSTMRecommender(model_config, pair_counts).to(device)
     return model, make_loss(train_config, splits.train_counts, device)
 
 
