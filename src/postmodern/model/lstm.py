@@ -96,8 +96,8 @@ class LSTMRecommender(nn.Module):
     @classmethod
     def from_state_dict(cls, config: LSTMConfig, state_dict: dict[str, torch.Tensor]) -> LSTMRecommender:
         """A trained model from its weights (its item pairs' counts are among them)."""
-        pairs = state_dict.get("pair_keys"), state_dict.get("pair_counts")
-        model = cls(config, None if pairs[0] is None else pairs)
+        pairs = (state_dict["pair_keys"], state_dict["pair_counts"]) if "pair_keys" in state_dict else None
+        model = cls(config, pairs)
         model.load_state_dict(state_dict)
         return model
 
