@@ -6,11 +6,10 @@ live in one space, which halves the parameters. Untied output vectors (`tied_out
 space) ranked rare items' successors better at 38k items (test MRR@20 0.5227 against 0.5187, 4,096
 negatives, bench/bench_model.py's 200k sessions). A linear map of the latest item's embedding, and a learned
 vector of that item itself, are added to the LSTM's reading of the session, so that item-to-item transitions
-need not pass through the recurrent state; and each (latest item, next item) pair seen in training has a
-learned score of its own: the latest item's pairs make a second softmax, mixed with the LSTM's by a gate read
-from the session's state. Training scores either the whole catalogue (full softmax) or the targets against a
-shared sample of negatives (sampled softmax, see `train.py`); `LSTMRanker` ranks with the same equations in
-NumPy.
+need not pass through the recurrent state; and what followed the latest item in training, as frequencies, is
+mixed with the LSTM's softmax by a gate read from the session's state. Training scores either the whole
+catalogue (full softmax) or the targets against a shared sample of negatives (sampled softmax, see
+`train.py`); `LSTMRanker` ranks with the same equations in NumPy.
 """
 
 from __future__ import annotations
@@ -83,8 +82,10 @@ class LSTMRecommender(nn.Module):
             starts = torch.searchsorted(keys, torch.arange(config.n_items + 1) * config.n_items)
             self.register_buffer("pair_starts", starts, persistent=False)
             self.register_buffer("pair_next", keys % config.n_items, persistent=False)
-            totals = counts.new_zeros(config.n_items).index_add(0, keys // config.n_items, counts)
+            first_items = keys // config.n_items
+            totals = counts.new_zeros(config.n_items).index_add(0, first_items, counts)
             self.register_buffer("pair_totals", totals, persistent=False)
+            self.register_buffer("pair_frequencies", counts / totals[first_items], persistent=False)
             # the frequencies' weight in the mixture, read from the session's state: one half at first
             self.pair_gate = nn.Linear(config.embedding_dim, 1)
             nn.init.zeros_(self.pair_gate.weight)
@@ -155,10 +156,9 @@ class LSTMRecommender(nn.Module):
         log_lstm = torch.log_softmax(self.item_logits(queries), dim=-1)
         if not self.mixes_pairs:
             return log_lstm
-        totals = self.pair_totals[latest]
-        log_gate, log_not_gate = self.gate_log_weights(queries, totals)
+        log_gate, log_not_gate = self.gate_log_weights(queries, self.pair_totals[latest])
         rows, positions = pair_positions(self.pair_starts, latest)
-        log_pairs = torch.log(self.pair_counts[positions] / totals[rows])
+        log_pairs = torch.log(self.pair_frequencies[positions])
         mixed = log_lstm + log_not_gate[:, None]
         items = self.pair_next[positions]
         from_pairs = torch.logaddexp(mixed[rows, items], log_gate[rows] + log_pairs)
@@ -170,10 +170,9 @@ class LSTMRecommender(nn.Module):
         """Each target's log-probability [n] under the mixture, from its log-probability under the LSTM's softmax."""
         keys = latest * self.config.n_items + targets
         found_at = torch.searchsorted(self.pair_keys, keys).clamp(max=len(self.pair_keys) - 1)
-        counts = torch.where(self.pair_keys[found_at] == keys, self.pair_counts[found_at], 0.0)
-        totals = self.pair_totals[latest]
-        log_gate, log_not_gate = self.gate_log_weights(queries, totals)
-        log_pair = torch.log(counts / totals.clamp(min=1.0))  # -inf where the target is not one of the pairs
+        frequencies = torch.where(self.pair_keys[found_at] == keys, self.pair_frequencies[found_at], 0.0)
+        log_gate, log_not_gate = self.gate_log_weights(queries, self.pair_totals[latest])
+        log_pair = torch.log(frequencies)  # -inf where the target is not one of the pairs
         return torch.logaddexp(log_not_gate + log_lstm, log_gate + log_pair)
 
     def gate_log_weights(self, queries: torch.Tensor, totals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,9 +236,8 @@ class LSTMRanker:
     layer, the softmax, then the mixture with the latest item's pairs) on a NumPy copy of the weights. At
     serving sizes, one short session per request, torch's per-operation dispatch costs several times the
     arithmetic (about 1 ms per request through the torch modules against 0.3 ms here, same rankings: the tests
-    compare the two). Each
-    batch is one pass; the probabilities are the only catalogue-sized array, computed in place; top-k is a
-    partial selection (argpartition).
+    compare the two). Each batch is one pass; the probabilities are the only catalogue-sized array, computed in
+    place; top-k is a partial selection (argpartition).
 
     Creating a ranker sets NumPy's BLAS to one thread for the process (torch's threads are its own): these
     products are small, and a second BLAS thread mostly waits for the first, several times slower on
@@ -277,9 +275,7 @@ class LSTMRanker:
         if self.mixes_pairs:
             self.pair_starts = model.pair_starts.cpu().numpy()
             self.pair_next = model.pair_next.cpu().numpy()
-            self.pair_frequencies = array(
-                model.pair_counts / model.pair_totals[model.pair_keys // model.config.n_items]
-            )
+            self.pair_frequencies = array(model.pair_frequencies)
             self.pair_gate = array(model.pair_gate.weight[0])  # [embedding]
             self.pair_gate_bias = float(model.pair_gate.bias.item())
         tied = model.output_embedding is None
