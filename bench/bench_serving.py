@@ -59,7 +59,7 @@ def prepare_model_and_requests(workdir: Path, profile: str, sessions: int | None
         return json.loads(summary_path.read_text())
     from postmodern.model.bundle import make_bundle
     from postmodern.model.dataset import prepare_splits, read_session_mart
-    from postmodern.model.lstm import LSTMConfig
+    from postmodern.model.lstm import LSTMConfig, LSTMRanker
     from postmodern.model.train import TrainConfig, train_lstm
     from postmodern.serving.registry import publish
     from postmodern.transform.dbt_runner import run_dbt_build
@@ -78,7 +78,7 @@ def prepare_model_and_requests(workdir: Path, profile: str, sessions: int | None
     splits = prepare_splits(mart)
     model_config = LSTMConfig(splits.vocabulary.size_with_padding)
     result = train_lstm(splits, model_config, TrainConfig(epochs=1), progress=False)
-    bundle = make_bundle(result.model, splits.vocabulary, splits.train_counts, {"model_version": "bench"})
+    bundle = make_bundle(LSTMRanker(result.model, splits.train_counts), splits.vocabulary, {"model_version": "bench"})
     publish(bundle, workdir / "registry")
 
     # The test period's sessions as the shop sent them (repeats and SKUs unknown to the model included).

@@ -100,8 +100,10 @@ def evaluation_against_deployed(tmp_path_factory, suite_data):
 
     from postmodern.evaluation.gate import evaluate_for_deployment
     from postmodern.evaluation.session_suite import SuiteConfig
-    from postmodern.model.baselines import PopularityRanker
     from postmodern.model.bundle import make_bundle
+    from postmodern.model.champion import Selection
+    from postmodern.model.families import Fitted
+    from postmodern.model.families.popularity import PopularityRanker
     from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender
     from postmodern.serving.registry import publish
 
@@ -109,6 +111,15 @@ def evaluation_against_deployed(tmp_path_factory, suite_data):
     torch.manual_seed(0)
     model = LSTMRecommender(LSTMConfig(SUITE_ITEMS + 1, embedding_dim=8, hidden_dim=16, max_length=5))
     registry = tmp_path_factory.mktemp("registry")
-    publish(make_bundle(model, splits.vocabulary, splits.train_counts, {"model_version": "v1"}), registry)
-    rankers = [LSTMRanker(model), PopularityRanker(splits.train_counts)]
-    return evaluate_for_deployment(rankers, splits, products, registry, SuiteConfig(latency_sessions=5), progress=False)
+    publish(make_bundle(LSTMRanker(model, splits.train_counts), splits.vocabulary, {"model_version": "v1"}), registry)
+    rankers = [LSTMRanker(model, splits.train_counts), PopularityRanker(splits.train_counts)]
+    selection = Selection(
+        {
+            "lstm": Fitted("lstm", rankers[0], {"hidden_dim": 16}, {"mrr@20": 0.25, "hr@20": 0.5}),
+            "popularity": Fitted("popularity", rankers[1], {}, {"mrr@20": 0.05, "hr@20": 0.2}),
+        },
+        champion="lstm",
+        blends_tried=[],
+    )
+    suite = SuiteConfig(latency_sessions=5)
+    return evaluate_for_deployment(rankers, splits, products, registry, suite, selection=selection, progress=False)

@@ -14,8 +14,12 @@ import numpy as np
 import torch
 
 from postmodern.model.bundle import ModelBundle, make_bundle
-from postmodern.model.dataset import Vocabulary
-from postmodern.model.lstm import LSTMConfig, LSTMRecommender
+from postmodern.model.dataset import SessionSplits, Vocabulary
+from postmodern.model.families import FitContext, family
+from postmodern.model.families.base import grid_points
+from postmodern.model.families.blend import BlendRanker
+from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender
+from postmodern.model.ranker import Ranker
 from postmodern.serving.registry import publish
 
 
@@ -23,11 +27,31 @@ def small_bundle(version: str, skus: list[str], max_length: int = 20, seed: int 
     """An untrained LSTM over `skus`; popularity rises with the position in `skus`."""
     torch.manual_seed(seed)
     model = LSTMRecommender(LSTMConfig(n_items=len(skus) + 1, embedding_dim=8, hidden_dim=8, max_length=max_length))
-    return make_bundle(model, Vocabulary(skus), np.arange(len(skus) + 1), {"model_version": version})
+    return make_bundle(LSTMRanker(model, np.arange(len(skus) + 1)), Vocabulary(skus), {"model_version": version})
 
 
 def publish_small_bundle(registry: Path, version: str, skus: list[str]) -> Path:
     return publish(small_bundle(version, skus), registry)
+
+
+def family_ranker(name: str, skus: list[str], seed: int = 0) -> Ranker:
+    """A ranker of the family `name` fitted to sessions that walk the SKUs in order (an LSTM of one tiny epoch;
+    a blend of it and co-occurrence)."""
+    rng = np.random.default_rng(seed)
+    n = len(skus)
+    sessions = [(rng.integers(n) + np.arange(rng.integers(2, 6))) % n + 1 for _ in range(200)]
+    counts = np.bincount(np.concatenate(sessions), minlength=n + 1)
+    if name == "blend":
+        parts = [family_ranker("lstm", skus, seed), family_ranker("cooccurrence", skus, seed)]
+        return BlendRanker(parts, [0.5, 0.5], counts)
+    splits = SessionSplits(Vocabulary(skus), sessions, [], [], counts, {})
+    space = {"embedding_dim": [8], "hidden_dim": [8]} if name == "lstm" else family(name).search_space
+    ranker, _ = family(name).build(splits, grid_points(space)[0], FitContext(None, epochs=1, progress=False))
+    return ranker
+
+
+def family_bundle(name: str, version: str, skus: list[str]) -> ModelBundle:
+    return make_bundle(family_ranker(name, skus), Vocabulary(skus), {"model_version": version})
 
 
 def free_port() -> int:

@@ -4,14 +4,11 @@ import numpy as np
 import pytest
 
 from postmodern.evaluation.metrics import evaluate_ranker, next_item_cases
-from postmodern.model.baselines import (
-    CooccurrenceRanker,
-    PopularityRanker,
-    VSKNNRanker,
-    baseline_rankers,
-    cooccurrence_matrix,
-)
 from postmodern.model.dataset import SessionSplits, Vocabulary
+from postmodern.model.families import FitContext, family
+from postmodern.model.families.cooccurrence import CooccurrenceRanker, cooccurrence_matrix
+from postmodern.model.families.popularity import PopularityRanker
+from postmodern.model.families.vsknn import VSKNNRanker
 
 
 def counts_of(sessions, n_items):
@@ -49,7 +46,9 @@ def test_vsknn_matches_a_plain_implementation(k, sample_size, score_decay):
     n_items = 25
     train = [rng.integers(1, n_items + 1, size=rng.integers(2, 7)) for _ in range(120)]
     prefixes = [rng.integers(1, n_items + 1, size=rng.integers(1, 6)) for _ in range(60)]
-    ranker = VSKNNRanker(train, counts_of(train, n_items), k=k, sample_size=sample_size, score_decay=score_decay)
+    ranker = VSKNNRanker.from_sessions(
+        train, counts_of(train, n_items), k=k, sample_size=sample_size, score_decay=score_decay
+    )
     scores = ranker.score_chunk(prefixes).toarray()
     compared = 0
     for row, prefix in enumerate(prefixes):
@@ -70,7 +69,9 @@ def test_cooccurrence_counts_pairs_within_the_window_by_distance():
     undirected = cooccurrence_matrix(sessions, 4, window=1, directed=False).toarray()
     np.testing.assert_allclose(undirected[3], [0, 0.5, 0.5, 0])  # 2 before 3, 1 after 3
 
-    ranker = CooccurrenceRanker(sessions, counts_of(sessions, 3), window=1, directed=True, weighting="last")
+    ranker = CooccurrenceRanker.from_sessions(
+        sessions, counts_of(sessions, 3), window=1, directed=True, weighting="last"
+    )
     items, scores = ranker.rank([np.array([1]), np.array([3])], k=3)
     assert items[0, 0] == 2 and scores[0, 0] == 1.0
     assert items[1].tolist() == [1, 2, 3]  # 3 -> 1 seen; then the rest by popularity (2 and 3 twice, 2 first)
@@ -79,20 +80,22 @@ def test_cooccurrence_counts_pairs_within_the_window_by_distance():
 
 def test_every_prefix_of_a_session_votes_with_decaying_weight():
     sessions = [np.array([1, 2]), np.array([3, 4]), np.array([3, 4]), np.array([5, 6])]
-    ranker = CooccurrenceRanker(sessions, counts_of(sessions, 6), window=1, directed=True, weighting="div")
+    ranker = CooccurrenceRanker.from_sessions(
+        sessions, counts_of(sessions, 6), window=1, directed=True, weighting="div"
+    )
     items, scores = ranker.rank([np.array([1, 3])], k=2)
     assert items[0].tolist() == [4, 2]  # the latest item's successor first, the earlier one's at half weight
-    np.testing.assert_allclose(scores[0], [1.0, 0.5])
+    np.testing.assert_allclose(scores[0], [1.0 / 1.5, 0.5 / 1.5])  # as probabilities
     with pytest.raises(ValueError, match="weighting"):
-        CooccurrenceRanker(sessions, counts_of(sessions, 6), weighting="linear")
+        CooccurrenceRanker.from_sessions(sessions, counts_of(sessions, 6), weighting="linear")
 
 
 @pytest.mark.parametrize(
     "make",
     [
         lambda train, counts: PopularityRanker(counts),
-        lambda train, counts: CooccurrenceRanker(train, counts),
-        lambda train, counts: VSKNNRanker(train, counts, k=2),
+        lambda train, counts: CooccurrenceRanker.from_sessions(train, counts),
+        lambda train, counts: VSKNNRanker.from_sessions(train, counts, k=2),
     ],
 )
 def test_rankers_always_return_k_items_never_padding(make):
@@ -101,8 +104,13 @@ def test_rankers_always_return_k_items_never_padding(make):
     items, scores = ranker.rank([np.array([1]), np.array([5, 4]), np.array([], dtype=np.int64)], k=5)
     assert items.shape == scores.shape == (3, 5)
     assert all(sorted(row) == [1, 2, 3, 4, 5] for row in items.tolist())
+    assert items[2].tolist() == [2, 1, 3, 4, 5]  # an empty prefix: the most popular items (2 seen twice)
     empty_items, _ = ranker.rank([], k=5)
     assert empty_items.shape == (0, 5)
+    # without the prefix's items: the rest, then padding where the catalogue runs out
+    unseen, _ = ranker.rank([np.array([1]), np.array([5, 4])], k=5, exclude_seen=True)
+    assert sorted(unseen[0].tolist()) == [0, 2, 3, 4, 5] and unseen[0, -1] == 0
+    assert sorted(unseen[1].tolist()) == [0, 0, 1, 2, 3] and unseen[1, -2:].tolist() == [0, 0]
 
 
 def cyclic_splits(seed=0, n_items=30):
@@ -116,17 +124,24 @@ def cyclic_splits(seed=0, n_items=30):
     return SessionSplits(vocabulary, train, sessions(40), sessions(40), counts_of(train, n_items), {})
 
 
-def test_baseline_rankers_are_tuned_on_validation_and_rank_the_same_cases():
+def test_the_baseline_families_are_tuned_on_validation_and_rank_the_same_cases():
     splits = cyclic_splits()
-    rankers = baseline_rankers(splits)
-    assert [ranker.name for ranker in rankers] == ["popularity", "cooccurrence", "vsknn"]
-    cooccurrence, vsknn = rankers[1], rankers[2]
+    context = FitContext.for_splits(splits)
+    fits = {
+        name: family(name).fit(splits, family(name).search_space, context)
+        for name in ("popularity", "cooccurrence", "vsknn")
+    }
+    cooccurrence, vsknn = fits["cooccurrence"], fits["vsknn"]
     # sessions walk i -> i + 1: only the last item and the reading order matter
     assert cooccurrence.params["directed"] and cooccurrence.params["weighting"] == "last"
+    assert (
+        len(cooccurrence.trials) == 12
+        and max(t["validation_mrr"] for t in cooccurrence.trials) == cooccurrence.validation_mrr
+    )
     # a cyclic session never shows an item twice in a row: validation picks not scoring the latest item
     assert set(vsknn.params) == {"k", "sample_size", "score_decay", "skip_latest"} and vsknn.params["skip_latest"]
     cases = next_item_cases(splits.test)
-    results = {ranker.name: evaluate_ranker(ranker, cases, k=20) for ranker in rankers}
+    results = {name: evaluate_ranker(fit.ranker, cases, k=20) for name, fit in fits.items()}
     assert results["cooccurrence"]["mrr@20"] == 1.0
     # V-SKNN ranks the prefix's earlier items high too (every neighbour holds them), the next one soon after
     assert results["vsknn"]["mrr@20"] > 0.3 > results["popularity"]["mrr@20"]
@@ -137,8 +152,9 @@ def test_vsknn_without_the_latest_item_scores_everything_else_as_before():
     rng = np.random.default_rng(3)
     train = [rng.integers(1, 21, size=rng.integers(2, 7)) for _ in range(80)]
     prefixes = [rng.integers(1, 21, size=rng.integers(1, 6)) for _ in range(30)]
-    every = VSKNNRanker(train, counts_of(train, 20), k=10).score_chunk(prefixes).toarray()
-    skipping = VSKNNRanker(train, counts_of(train, 20), k=10, skip_latest=True).score_chunk(prefixes).toarray()
+    every = VSKNNRanker.from_sessions(train, counts_of(train, 20), k=10).score_chunk(prefixes).toarray()
+    skipping = VSKNNRanker.from_sessions(train, counts_of(train, 20), k=10, skip_latest=True).score_chunk(prefixes)
+    skipping = skipping.toarray()
     latest = [prefix[-1] for prefix in prefixes]
     assert every[np.arange(len(prefixes)), latest].all() and not skipping[np.arange(len(prefixes)), latest].any()
     every[np.arange(len(prefixes)), latest] = 0

@@ -15,7 +15,7 @@ import pytest
 from chromium import render
 from serving_support import ServerProcess
 
-from postmodern.model.search import DEFAULT_SEARCH_SPACE
+from postmodern.model.families import family
 
 REPO = Path(__file__).resolve().parents[1]
 FLOW = REPO / "flows" / "recommender_flow.py"
@@ -32,6 +32,8 @@ cards = {step: [card.get() for card in get_cards(run[step].task, id=card_id)]
 print(json.dumps({
     "run_id": run.id,
     "successful": run.successful,
+    "champion": run.data.champion,
+    "finalists": {name: fit.validation_mrr for name, fit in run.data.selection.finalists.items()},
     "test_results": run.data.test_results,
     "suite_report": run.data.suite_report,
     "gate_passed": run.data.gate_verdict.passed,
@@ -50,33 +52,35 @@ def run(command, workspace, env, timeout):
     return result.stdout
 
 
-def assert_tracked(database: Path, epochs: int, candidates: int) -> None:
-    """One MLflow run per candidate, each with its parameters, one validation point per epoch and its task's
-    pathspec; the selected one also has the test metrics and the bundle."""
+def assert_tracked(database: Path, epochs: int, candidates: int, champion: str) -> None:
+    """One MLflow run per candidate, each with its family, parameters and validation metrics, the LSTM's with one
+    validation point per epoch and its task's pathspec; the champion's (a blend's run of its own) is selected and
+    has the test metrics and the bundle."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{database}")
     experiment = client.get_experiment_by_name("post-modern-stack")
     runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == candidates
-    best_validation = {}
-    for run in runs:
-        assert "/train_model/" in run.data.tags["metaflow_pathspec"]
-        assert int(run.data.params["embedding_dim"]) in DEFAULT_SEARCH_SPACE["embedding_dim"]
-        history = client.get_metric_history(run.info.run_id, "validation_mrr")
-        assert 1 <= len(history) <= epochs
-        best_validation[run.info.run_id] = max(point.value for point in history)
+    trained = [run for run in runs if "/train_model/" in run.data.tags["metaflow_pathspec"]]
+    assert len(trained) == candidates
+    assert len(runs) == candidates + (champion == "blend")
+    for run in trained:
+        assert run.data.params["family"] == run.data.tags["family"] and "validation_mrr_at_20" in run.data.metrics
+        if run.data.params["family"] == "lstm":
+            assert int(run.data.params["embedding_dim"]) in family("lstm").search_space["embedding_dim"]
+            history = client.get_metric_history(run.info.run_id, "validation_mrr")
+            assert 1 <= len(history) <= epochs
     (selected,) = [run for run in runs if run.data.tags.get("selected") == "true"]
-    assert best_validation[selected.info.run_id] == max(best_validation.values())
-    assert 0 < selected.data.metrics["test_lstm_mrr_at_20"] <= 1
+    assert selected.data.params["family"] == champion
+    assert 0 < selected.data.metrics[f"test_{champion}_mrr_at_20"] <= 1
     assert selected.data.metrics["gate_passed"] == 1.0
     assert "test_popularity_subsequent/f1_at_20" in selected.data.metrics  # the whole suite, names spelled for MLflow
-    assert "test_lstm_hr_by_popularity/top 1pct" in selected.data.metrics
+    assert f"test_{champion}_hr_by_popularity/top 1pct" in selected.data.metrics
     assert "test_vsknn_mrr_at_20" in selected.data.metrics and "test_cooccurrence_mrr_at_20" in selected.data.metrics
     suite = {item.path for item in client.list_artifacts(selected.info.run_id, "behavioural_suite")}
     assert suite == {"behavioural_suite/suite_report.json"}
     artifacts = {item.path for item in client.list_artifacts(selected.info.run_id, "model_bundle")}
-    assert "model_bundle/weights.pt" in artifacts and "model_bundle/metadata.json" in artifacts
+    assert {"model_bundle/model", "model_bundle/metadata.json"} <= artifacts
 
 
 @pytest.mark.e2e
@@ -89,7 +93,7 @@ def test_flow_trains_tests_deploys_and_the_server_answers(tmp_path, tiny_data):
     loaded = run([python, "-m", "postmodern.cli", "load", "--path", str(tiny_data), "--quiet"], tmp_path, env, 120)
     assert "loaded" in loaded and "2,500 sessions" in loaded
 
-    # The LSTM is not expected to beat popularity on so little data: this run lets it be up to 50% worse.
+    # Nothing is expected to beat popularity by much on so little data: this run lets the champion be 50% worse.
     output = run(
         [
             python,
@@ -108,13 +112,18 @@ def test_flow_trains_tests_deploys_and_the_server_answers(tmp_path, tiny_data):
         env,
         900,
     )
-    assert "MRR@20: LSTM" in output and "gate passed" in output and "selected {" in output
+    assert "MRR@20: champion" in output and "gate passed" in output and "champion: " in output
 
     details = json.loads(run([python, "-c", READ_RUN], tmp_path, env, 120).strip().splitlines()[-1])
     assert details["successful"] and details["gate_passed"]
+    champion = details["champion"]
+    # the champion has the best validation MRR@20 of every family and blend
+    assert set(details["finalists"]) == {"popularity", "cooccurrence", "vsknn", "lstm", "blend"}
+    assert details["finalists"][champion] == max(details["finalists"].values())
     assert details["dbt_summary"].get("error") is None and details["dbt_summary"]["pass"] > 10
     report = details["suite_report"]
-    assert report["rankers"] == ["lstm", "popularity", "cooccurrence", "vsknn"] and report["candidate"] == "lstm"
+    assert report["candidate"] == champion and report["rankers"][0] == champion
+    assert sorted(report["rankers"]) == sorted(details["finalists"])  # every family's best, refit, on the same cases
     assert report["dataset"]["cases"] > 100 and report["dataset"]["sessions"] > 20
     for metrics in details["test_results"].values():  # every ranker on the same cases
         assert 0 < metrics["mrr@20"] <= metrics["hr@20"] <= 1
@@ -123,28 +132,68 @@ def test_flow_trains_tests_deploys_and_the_server_answers(tmp_path, tiny_data):
     saved = json.loads((tmp_path / "data" / "reports" / details["run_id"] / "suite_report.json").read_text())
     assert saved["tests"] == report["tests"]
     assert "sessions" in details["cards"]["run_transformation"]  # the mart is on the DAG card
-    assert "Hyper-parameter search" in details["cards"]["select_model"]
+    assert (
+        "Model selection" in details["cards"]["select_model"]
+        and f"champion is **{champion}**" in details["cards"]["select_model"]
+    )
     assert "Behavioural tests of" in details["cards"]["test_model"] and "**PASSED**" in details["cards"]["test_model"]
+    assert f"Champion: {champion} (" in details["cards"]["test_model"]  # the verdict names the family that won
     page = render(details["test_model_card_html"], tmp_path / "chromium")
     assert page.script_errors == [] and page.console_errors == []
     assert page.charts == 6 and page.drawn_charts == 6
     registry = tmp_path / "data" / "registry"
     version = (registry / "LATEST").read_text().strip()
     assert Path(details["deployed_to"]).resolve() == (registry / version).resolve()
-    assert_tracked(tmp_path / "data" / "mlflow.db", epochs=2, candidates=2)
+    assert json.loads((registry / version / "metadata.json").read_text())["family"] == champion
+    assert_tracked(tmp_path / "data" / "mlflow.db", epochs=2, candidates=5, champion=champion)
 
-    # The default gate: a one-epoch model beats neither popularity nor the deployed model by 1%.
+    # The default gate: a one-epoch champion beats neither popularity nor the deployed model by 1%.
     output = run([python, str(FLOW), "run", "--epochs", "1"], tmp_path, env, 900)
-    assert "deployment blocked: gate blocked lstm" in output and f"{version} keeps serving" in output
+    assert "deployment blocked: gate blocked" in output and f"{version} keeps serving" in output
     assert "not deployed (the gate blocked it)" in output and "Traceback" not in output
     blocked = json.loads(run([python, "-c", READ_RUN], tmp_path, env, 120).strip().splitlines()[-1])
     assert blocked["successful"] and not blocked["gate_passed"] and blocked["deployed_to"] is None
-    assert blocked["suite_report"]["rankers"] == ["lstm", "popularity", "cooccurrence", "vsknn", "deployed"]
-    assert blocked["test_results"]["deployed"]["mrr@20"] == pytest.approx(details["test_results"]["lstm"]["mrr@20"])
+    assert blocked["suite_report"]["rankers"][-1] == "deployed"
+    if blocked["champion"] == champion:  # the same family, fitted alike: the deployed model scores the same
+        assert blocked["test_results"]["deployed"]["mrr@20"] == pytest.approx(
+            details["test_results"][champion]["mrr@20"]
+        )
     assert "**BLOCKED**" in blocked["cards"]["test_model"]
     assert (registry / "LATEST").read_text().strip() == version  # the first model keeps serving
 
-    bundle = registry / version
+    # Where the LSTM cannot learn (a learning rate of 1e-6, one epoch, no counts to mix in), a baseline wins on
+    # validation, and the flow deploys it.
+    weak_lstm = json.dumps({"learning_rate": 1e-6, "item_pairs": False, "item_transitions": False})
+    output = run(
+        [
+            python,
+            str(FLOW),
+            "run",
+            "--epochs",
+            "1",
+            "--search_size",
+            "1",
+            "--families",
+            "cooccurrence,vsknn,lstm",
+            "--search_space",
+            weak_lstm,
+            "--blends",
+            "false",
+            "--gate_margin",
+            "-1",
+        ],
+        tmp_path,
+        env,
+        900,
+    )
+    baseline = json.loads(run([python, "-c", READ_RUN], tmp_path, env, 120).strip().splitlines()[-1])
+    assert baseline["champion"] in ("cooccurrence", "vsknn") and baseline["gate_passed"]
+    assert baseline["finalists"]["lstm"] < baseline["finalists"][baseline["champion"]]
+    baseline_version = (registry / "LATEST").read_text().strip()
+    assert baseline_version != version and f"model {baseline_version} deployed" in output
+    assert json.loads((registry / baseline_version / "metadata.json").read_text())["family"] == baseline["champion"]
+
+    bundle = registry / baseline_version
     known_sku = json.loads((bundle / "vocab.json").read_text())[0]
     server = ServerProcess(tmp_path, env)
     try:
@@ -153,7 +202,7 @@ def test_flow_trains_tests_deploys_and_the_server_answers(tmp_path, tiny_data):
         )
         assert response.status_code == 200
         body = response.json()
-        assert body["model_version"] == version
+        assert body["model_version"] == baseline_version and body["model_family"] == baseline["champion"]
         assert len(body["recommendations"][0]) == 5 and body["fallback"] == [False]
         assert httpx.post(f"{server.base_url}/invocations", content=b"{nope", timeout=10).status_code == 422
     finally:

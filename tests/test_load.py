@@ -1,3 +1,4 @@
+import gzip
 import json
 import os
 import signal
@@ -137,6 +138,18 @@ def test_public_dataset_layouts_map_onto_coveo_events(tmp_path, kind, path, expe
         sessions.setdefault(event["session_id_hash"], []).append(event["product_sku_hash"])
     assert sessions == expected_sessions
     assert summary.quarantined == {reason: 1}
+
+
+def test_a_gzipped_file_loads_as_the_plain_one_and_a_broken_one_is_named(tmp_path):
+    gzipped = tmp_path / "sessions.csv.gz"
+    gzipped.write_bytes(gzip.compress((FIXTURES / "plain/sessions.csv").read_bytes()))
+    settings, summary = load(tmp_path / "gz", gzipped, "plain")
+    assert summary.events == 4 and summary.quarantined == {"non-numeric timestamp": 1}
+    assert sorted(e["product_sku_hash"] for e in events(settings)) == ["i1", "i1", "i2", "i3"]
+    broken = tmp_path / "broken.csv.gz"
+    broken.write_bytes(b"not gzip at all")
+    with pytest.raises(LoadError, match="broken.csv.gz: not a readable gzip file"):
+        load(tmp_path / "broken", broken, "plain")
 
 
 def test_timestamps_of_each_layout_are_epoch_milliseconds(tmp_path):

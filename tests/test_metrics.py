@@ -18,7 +18,7 @@ from postmodern.evaluation.metrics import (
     subsequent_precision_recall_f1,
     target_ranks,
 )
-from postmodern.model.baselines import PopularityRanker
+from postmodern.model.families.popularity import PopularityRanker
 
 
 def test_reciprocal_ranks_by_hand():

@@ -1,5 +1,5 @@
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -7,16 +7,15 @@ import torch
 from conftest import SUITE_ITEMS, cyclic_sessions
 
 from postmodern.evaluation.metrics import evaluate_ranker, next_item_cases
-from postmodern.model.baselines import PopularityRanker
 from postmodern.model.bundle import BundleError, ModelBundle, SessionRecommender, make_bundle
 from postmodern.model.dataset import PADDING_ID, SessionSplits, Vocabulary
+from postmodern.model.families.popularity import PopularityRanker
 from postmodern.model.lstm import (
     LSTMConfig,
     LSTMRanker,
     LSTMRecommender,
     item_pair_counts,
     pad_batch,
-    padded_items,
     real_positions,
 )
 from postmodern.model.train import (
@@ -31,6 +30,13 @@ from postmodern.model.train import (
 from postmodern.serving.registry import bundle_version, latest_bundle_dir, publish, resolve_model_source
 
 N_ITEMS = SUITE_ITEMS
+
+
+def ranker_of(model: LSTMRecommender) -> LSTMRanker:
+    """The model's ranker, with training counts that make item 1 the most popular."""
+    counts = np.arange(model.config.n_items, 0, -1)
+    counts[PADDING_ID] = 0
+    return LSTMRanker(model, counts)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +54,7 @@ def trained():
 def test_lstm_learns_order_that_popularity_cannot_see(trained):
     splits, result = trained
     cases = next_item_cases(splits.test)
-    lstm = evaluate_ranker(LSTMRanker(result.model), cases, k=1)
+    lstm = evaluate_ranker(ranker_of(result.model), cases, k=1)
     popularity = evaluate_ranker(PopularityRanker(splits.train_counts), cases, k=1)
     assert lstm["hr@1"] > 0.9
     assert popularity["hr@1"] < 0.2
@@ -58,10 +64,10 @@ def test_lstm_learns_order_that_popularity_cannot_see(trained):
 
 def test_padding_and_batching_do_not_change_predictions(trained):
     _, result = trained
-    ranker = LSTMRanker(result.model)
+    ranker = ranker_of(result.model)
     short, long = np.array([3, 4]), np.array([7, 8, 9, 10])
-    alone = ranker.probabilities(*padded_items([short], 5))
-    together = ranker.probabilities(*padded_items([long, short], 5))
+    alone = ranker.probabilities([short])
+    together = ranker.probabilities([long, short])
     np.testing.assert_allclose(alone[0], together[1], rtol=1e-5, atol=1e-5)
 
 
@@ -80,8 +86,8 @@ def test_the_ranker_computes_what_the_trained_torch_model_computes(trained):
     model = result.model.eval()
     prefixes = [np.array([3, 4, 5]), np.array([9]), np.array([1, 2, 3, 4, 5, 6, 7, 8])]
     reference = torch_probabilities_after_last_items(model, prefixes)
-    ranker = LSTMRanker(model)
-    np.testing.assert_allclose(ranker.probabilities(*padded_items(prefixes, 5)), reference, rtol=1e-4, atol=1e-6)
+    ranker = ranker_of(model)
+    np.testing.assert_allclose(ranker.probabilities(prefixes), reference, rtol=1e-4, atol=1e-6)
     ranked, scores = ranker.rank(prefixes, k=5)
     assert (ranked == np.argsort(-reference, axis=1)[:, :5]).all()
     np.testing.assert_allclose(scores, np.take_along_axis(reference, ranked, axis=1), rtol=1e-4, atol=1e-6)
@@ -89,7 +95,7 @@ def test_the_ranker_computes_what_the_trained_torch_model_computes(trained):
 
 def test_exclude_seen_ranks_everything_but_the_prefix(trained):
     _, result = trained
-    ranker = LSTMRanker(result.model)
+    ranker = ranker_of(result.model)
     prefix = np.array([5, 6, 7])
     everything, _ = ranker.rank([prefix], k=N_ITEMS)
     unseen, _ = ranker.rank([prefix], k=N_ITEMS, exclude_seen=True)
@@ -113,7 +119,7 @@ def test_only_real_positions_reach_the_output_layer_and_padding_is_never_predict
     assert queries.shape == (3, 4)  # 2 + 1 positions, none of padding
     loss = full_softmax_loss(model, queries, torch.tensor([1, 2, 4]), torch.tensor([2, 3, 5]))
     assert torch.isfinite(loss)
-    items, _ = LSTMRanker(model).rank([np.array([1])], k=9)
+    items, _ = ranker_of(model).rank([np.array([1])], k=9)
     assert 0 not in items
 
 
@@ -191,12 +197,13 @@ def test_training_windows_are_padded_once_and_batched_by_length():
 
 def test_bundle_round_trip_ranks_identically_and_serves_skus(trained, tmp_path):
     splits, result = trained
-    bundle = make_bundle(result.model, splits.vocabulary, splits.train_counts, {"model_version": "v1"})
+    bundle = make_bundle(ranker_of(result.model), splits.vocabulary, {"model_version": "v1"})
     loaded = ModelBundle.load(bundle.save(tmp_path / "bundle"))
     assert loaded.version == "v1" and loaded.vocabulary == bundle.vocabulary
-    assert json.loads((tmp_path / "bundle" / "metadata.json").read_text())["format_version"] == 3
+    metadata = json.loads((tmp_path / "bundle" / "metadata.json").read_text())
+    assert metadata["format_version"] == 4 and metadata["family"] == "lstm"
     recommender = SessionRecommender(loaded)
-    original = LSTMRanker(result.model).rank([np.array([5, 6])], k=3)[0][0]
+    original = ranker_of(result.model).rank([np.array([5, 6])], k=3)[0][0]
     first, unknown_only = recommender.recommend([["sku5", "nope", "sku6"], ["nope"]], k=3)
     assert [sku for sku, _ in first.items] == splits.vocabulary.decode(original)
     assert first.items[0][0] == "sku7"
@@ -204,22 +211,35 @@ def test_bundle_round_trip_ranks_identically_and_serves_skus(trained, tmp_path):
     assert unknown_only.fallback and [sku for sku, _ in unknown_only.items] == [s for s, _ in bundle.popular[:3]]
 
 
+def write_bundle_of_format(
+    model: LSTMRecommender, vocabulary: Vocabulary, directory, format_version: int, config: dict
+):
+    """A bundle as formats 1 to 3 wrote it: the LSTM's weights.pt and config.json beside the vocabulary."""
+    directory.mkdir()
+    torch.save(model.state_dict(), directory / "weights.pt")
+    (directory / "config.json").write_text(json.dumps(config))
+    (directory / "vocab.json").write_text(json.dumps(vocabulary.skus))
+    (directory / "popular.json").write_text(json.dumps([["sku2", 0.3], ["sku1", 0.2]]))
+    (directory / "metadata.json").write_text(json.dumps({"format_version": format_version}))
+    return directory
+
+
 def test_a_bundle_from_before_the_item_skip_and_pairs_loads_as_it_was_trained(trained, tmp_path):
     splits, _ = trained
     old_config = LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=8, hidden_dim=8, item_skip=False, item_pairs=False)
     model = LSTMRecommender(old_config)
     assert not any(name.startswith(("item_skip", "pair_")) for name in model.state_dict())
-    directory = make_bundle(model, splits.vocabulary, splits.train_counts, {}).save(tmp_path / "old")
-    config = json.loads((directory / "config.json").read_text())
-    del config["item_skip"], config["item_pairs"]  # as the first bundles were written
-    (directory / "config.json").write_text(json.dumps(config))
-    (directory / "metadata.json").write_text(json.dumps({"format_version": 1}))
+    config = asdict(old_config)
+    del config["item_skip"], config["item_pairs"], config["attention"], config["normalized_scale"]  # as first written
+    directory = write_bundle_of_format(model, splits.vocabulary, tmp_path / "old", 1, config)
     loaded = SessionRecommender(ModelBundle.load(directory))
-    assert loaded.bundle.model_config == old_config
-    expected = LSTMRanker(model).rank([np.array([3, 4])], k=5)[0]
+    assert loaded.family == "lstm" and LSTMConfig(**loaded.bundle.model.config) == old_config
+    expected = ranker_of(model).rank([np.array([3, 4])], k=5)[0]
     assert [sku for sku, _ in loaded.recommend([["sku3", "sku4"]], k=5)[0].items] == splits.vocabulary.decode(
         expected[0]
     )
+    # the fallback's shares stand for the training counts these bundles lack
+    assert loaded.ranker.popular[:2].tolist() == [2, 1]
     # a bundle of format 1 or 2 whose pairs were learned scores has no counts to mix in: refused
     config["item_pairs"] = True
     (directory / "config.json").write_text(json.dumps(config))
@@ -232,7 +252,7 @@ def test_a_bundle_from_before_the_item_skip_and_pairs_loads_as_it_was_trained(tr
 def assert_serves_as_ranked(model: LSTMRecommender, bundle_directory, vocabulary: Vocabulary) -> None:
     """The saved bundle, loaded for serving, recommends what the ranker of `model` ranks."""
     loaded = SessionRecommender(ModelBundle.load(bundle_directory))
-    expected = LSTMRanker(model).rank([np.array([1, 2])], k=4)[0][0]
+    expected = ranker_of(model).rank([np.array([1, 2])], k=4)[0][0]
     assert [sku for sku, _ in loaded.recommend([["sku1", "sku2"]], k=4)[0].items] == vocabulary.decode(expected)
 
 
@@ -243,12 +263,12 @@ def test_an_untied_model_scores_with_its_own_output_embeddings_and_round_trips(t
     assert model.output_weight.data_ptr() != model.item_embedding.weight.data_ptr()
     prefixes = [np.array([1, 2]), np.array([4])]
     np.testing.assert_allclose(
-        LSTMRanker(model).probabilities(*padded_items(prefixes, 20)),
+        ranker_of(model).probabilities(prefixes),
         torch_probabilities_after_last_items(model.eval(), prefixes),
         rtol=1e-4,
         atol=1e-7,
     )
-    directory = make_bundle(model, splits.vocabulary, splits.train_counts, {}).save(tmp_path / "untied")
+    directory = make_bundle(ranker_of(model), splits.vocabulary, {}).save(tmp_path / "untied")
     assert_serves_as_ranked(model, directory, splits.vocabulary)
 
 
@@ -260,20 +280,18 @@ def test_item_transition_vectors_score_in_numpy_as_in_torch_and_round_trip(train
         model.item_transition.weight.normal_()
         model.item_transition.weight[PADDING_ID] = 0
     prefixes = [np.array([1, 2]), np.array([4])]
-    with_transitions = LSTMRanker(model).probabilities(*padded_items(prefixes, 20))
+    with_transitions = ranker_of(model).probabilities(prefixes)
     np.testing.assert_allclose(
         with_transitions, torch_probabilities_after_last_items(model.eval(), prefixes), rtol=1e-4, atol=1e-7
     )
     # the vector of the latest item (2, then 4) moves the scores; the earlier item's does not
     with torch.no_grad():
         model.item_transition.weight[1] = 0
-    np.testing.assert_allclose(
-        LSTMRanker(model).probabilities(*padded_items(prefixes, 20)), with_transitions, rtol=1e-5
-    )
+    np.testing.assert_allclose(ranker_of(model).probabilities(prefixes), with_transitions, rtol=1e-5)
     with torch.no_grad():
         model.item_transition.weight[4] = 0
-    assert not np.allclose(LSTMRanker(model).probabilities(*padded_items(prefixes, 20))[1], with_transitions[1])
-    directory = make_bundle(model, splits.vocabulary, splits.train_counts, {}).save(tmp_path / "transitions")
+    assert not np.allclose(ranker_of(model).probabilities(prefixes)[1], with_transitions[1])
+    directory = make_bundle(ranker_of(model), splits.vocabulary, {}).save(tmp_path / "transitions")
     assert_serves_as_ranked(model, directory, splits.vocabulary)
 
 
@@ -281,7 +299,7 @@ def test_incomplete_or_foreign_bundles_are_refused(trained, tmp_path):
     splits, result = trained
     with pytest.raises(BundleError, match="missing"):
         ModelBundle.load(tmp_path)
-    directory = make_bundle(result.model, splits.vocabulary, splits.train_counts, {}).save(tmp_path / "b")
+    directory = make_bundle(ranker_of(result.model), splits.vocabulary, {}).save(tmp_path / "b")
     (directory / "metadata.json").write_text(json.dumps({"format_version": 99}))
     with pytest.raises(BundleError, match="format 99"):
         ModelBundle.load(directory)
@@ -293,13 +311,13 @@ def test_registry_points_latest_at_the_newest_version(trained, tmp_path):
     with pytest.raises(BundleError, match="make run"):
         latest_bundle_dir(registry)
     for version in ("v1", "v2"):
-        publish(make_bundle(result.model, splits.vocabulary, splits.train_counts, {"model_version": version}), registry)
+        publish(make_bundle(ranker_of(result.model), splits.vocabulary, {"model_version": version}), registry)
     assert latest_bundle_dir(registry) == registry / "v2"
     assert resolve_model_source(None, registry).bundle_dir() == registry / "v2"
     assert resolve_model_source(registry / "v1", registry).bundle_dir() == registry / "v1"
     assert bundle_version(registry / "v1") == "v1"
     with pytest.raises(BundleError, match="already"):
-        publish(make_bundle(result.model, splits.vocabulary, splits.train_counts, {"model_version": "v1"}), registry)
+        publish(make_bundle(ranker_of(result.model), splits.vocabulary, {"model_version": "v1"}), registry)
     assert not list(registry.glob(".*partial"))
 
 
@@ -321,7 +339,7 @@ def test_the_transition_frequencies_are_mixed_in_after_their_first_item_only_in_
     with torch.no_grad():
         lstm_alone = torch.softmax(model.item_logits(model(*pad_batch(prefixes, 20))), dim=1)
         lstm_alone = lstm_alone[torch.tensor([1, 2, 4])].numpy()  # each prefix's last position
-    probabilities = LSTMRanker(model).probabilities(*padded_items(prefixes, 20))
+    probabilities = ranker_of(model).probabilities(prefixes)
     np.testing.assert_allclose(probabilities, torch_probabilities_after_last_items(model, prefixes), atol=1e-6)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     # the gate starts at one half; after item 2, its transitions share their half: 2 / 3 to item 7, 1 / 3 to item 9
@@ -343,7 +361,9 @@ def test_the_transition_frequencies_are_mixed_in_after_their_first_item_only_in_
         np.testing.assert_allclose(mixed, full[range(4), targets], rtol=1e-5)
         lstm = log_lstm.exp().numpy()  # 2 -> 7 is 2 of item 2's 3 transitions; 2 -> 8 none; item 3 starts none
         np.testing.assert_allclose(mixed.exp(), [0.5 * lstm[0] + 1 / 3, 0.5 * lstm[1], 0.5 * lstm[2] + 0.5, lstm[3]])
-    directory = make_bundle(model, splits.vocabulary, splits.train_counts, {}).save(tmp_path / "pairs")
+    directory = make_bundle(ranker_of(model), splits.vocabulary, {}).save(tmp_path / "pairs")
     assert_serves_as_ranked(model, directory, splits.vocabulary)
-    loaded = LSTMRecommender.from_state_dict(model.config, ModelBundle.load(directory).state_dict)
+    arrays = ModelBundle.load(directory).model.arrays
+    weights = {name: torch.from_numpy(array) for name, array in arrays.items() if name != "train_counts"}
+    loaded = LSTMRecommender.from_state_dict(model.config, weights)
     assert torch.equal(loaded.pair_keys, model.pair_keys) and torch.equal(loaded.pair_counts, model.pair_counts)

@@ -15,7 +15,10 @@ from serving_support import small_bundle
 from postmodern.serving.deploy import deploy_bundle
 from postmodern.serving.sagemaker import SageMakerDeployError, deploy_to_sagemaker, model_archive, resource_name
 
-BUNDLE_FILES = ["config.json", "metadata.json", "popular.json", "vocab.json", "weights.pt"]
+
+def bundle_files(bundle_dir: Path) -> list[str]:
+    """Every path in the bundle folder, relative to it: the model's state folder and its files included."""
+    return sorted(str(path.relative_to(bundle_dir)) for path in bundle_dir.rglob("*"))
 
 
 class FakeAws:
@@ -100,13 +103,15 @@ def bundle_dir(tmp_path):
 
 def test_model_archive_has_the_bundle_files_at_its_root(bundle_dir, tmp_path):
     with tarfile.open(model_archive(bundle_dir, tmp_path)) as tar:
-        assert sorted(tar.getnames()) == BUNDLE_FILES
+        names = sorted(tar.getnames())
+    assert names == bundle_files(bundle_dir)
+    assert {"metadata.json", "vocab.json", "popular.json", "model/config.json"} <= set(names)
 
 
 def test_a_first_deploy_uploads_the_bundle_and_creates_the_endpoint(bundle_dir, settings):
     aws = FakeAws()
     assert deploy_to_sagemaker(bundle_dir, "v7", settings, boto_session=aws) == "post-modern-stack"
-    assert aws.uploaded == {"s3://models/post-modern-stack/v7/model.tar.gz": BUNDLE_FILES}
+    assert aws.uploaded == {"s3://models/post-modern-stack/v7/model.tar.gz": bundle_files(bundle_dir)}
     assert aws.methods() == [
         "upload_file",
         "create_model",

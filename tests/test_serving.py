@@ -185,7 +185,7 @@ def test_metrics_count_requests_time_them_and_name_the_model(client):
     post(client, {"sessions": [["sku1"], ["nope"]], "k": 2})
     post(client, b"{bad")
     text = client.get("/metrics").text
-    assert 'postmodern_model_info{version="test-1"} 1.0' in text
+    assert 'postmodern_model_info{family="lstm",version="test-1"} 1.0' in text
     assert "postmodern_ready 1.0" in text
     assert 'postmodern_requests_total{method="POST",route="/invocations",status="422"}' in text
     assert 'postmodern_request_duration_seconds_bucket{le="0.01",route="/invocations"}' in text
@@ -245,7 +245,7 @@ def test_reload_serves_the_registry_newest_bundle_and_keeps_the_old_one_when_the
         assert body["model_version"] == "v2" and body["fallback"] == [False]
 
         broken = publish_small_bundle(registry, "v3", SKUS)
-        (broken / "weights.pt").write_bytes(b"not a torch file")
+        (broken / "model" / "item_embedding.weight.npy").write_bytes(b"not a NumPy file")
         response = client.post("/reload")
         assert response.status_code == 409
         assert "v3" in response.json()["detail"] and "still serving v2" in response.json()["detail"]
@@ -257,7 +257,7 @@ def test_reload_serves_the_registry_newest_bundle_and_keeps_the_old_one_when_the
 def test_without_a_loadable_model_the_server_is_live_but_not_ready_until_one_is_deployed(tmp_path):
     registry = tmp_path / "registry"
     with TestClient(create_app(ModelSource(registry, follows_registry=True), LIMITS)) as client:
-        assert client.get("/health/live").json() == {"status": "alive", "model_version": None}
+        assert client.get("/health/live").json() == {"status": "alive", "model_version": None, "model_family": None}
         for route in ("/ping", "/health/ready"):
             response = client.get(route)
             assert response.status_code == 503 and "no deployed model" in response.text
@@ -265,7 +265,7 @@ def test_without_a_loadable_model_the_server_is_live_but_not_ready_until_one_is_
         assert "postmodern_ready 0.0" in client.get("/metrics").text
         publish_small_bundle(registry, "first", SKUS)
         assert client.post("/reload").json() == {"model_version": "first", "changed": True}
-        assert client.get("/ping").status_code == 200
+        assert client.get("/ping").json() == {"status": "ready", "model_version": "first", "model_family": "lstm"}
 
 
 def test_the_registry_is_watched_for_new_bundles(tmp_path):

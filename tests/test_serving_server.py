@@ -17,9 +17,10 @@ from conftest import make_settings
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
-from serving_support import ServerProcess, publish_small_bundle, small_bundle
+from serving_support import ServerProcess, family_bundle, publish_small_bundle, small_bundle
 
 from postmodern.serving.deploy import deploy_bundle
+from postmodern.serving.registry import publish
 
 SKUS = [f"sku{i}" for i in range(1, 21)]
 BODY_LIMIT = 65_536
@@ -250,3 +251,42 @@ def test_a_deploy_is_picked_up_by_the_registry_watch_and_fails_no_request(watche
         swapped_at = traffic.count()
         wait_for(lambda: traffic.count() > swapped_at + 50, "traffic on the new model")
     assert_every_answer_came_whole_from_the_model_it_names(traffic, {"v1": "sku", "v2": "new"})
+
+
+SERVED_FAMILIES = ["cooccurrence", "vsknn", "blend", "popularity", "lstm"]
+
+
+def test_every_family_answers_the_same_contract_and_hot_swaps_fail_no_request(tmp_path):
+    """A server whose registry receives a bundle of each family in turn, swapped in on POST /reload while clients
+    post: every family ranks, excludes what was seen, falls back for unknown sessions and names itself."""
+    registry = tmp_path / "registry"
+    publish(family_bundle("lstm", "f0", SKUS), registry)
+    env = {**os.environ, "REGISTRY_DIR": str(registry), "SERVING_RELOAD_SECONDS": "0", "SERVING_API_KEY": ""}
+    server = ServerProcess(tmp_path, env)
+    try:
+        with Traffic(server.base_url, {}) as traffic:
+            wait_for(lambda: traffic.count() > 30, "traffic on the first model")
+            for index, name in enumerate(SERVED_FAMILIES, start=1):
+                publish(family_bundle(name, f"f{index}", SKUS), registry)
+                reloaded = httpx.post(f"{server.base_url}/reload", timeout=30).json()
+                assert reloaded == {"model_version": f"f{index}", "changed": True}
+                swapped_at = traffic.count()
+                wait_for(lambda at=swapped_at: traffic.count() > at + 30, f"traffic on the {name} model")
+                body = httpx.post(
+                    f"{server.base_url}/invocations",
+                    json={"sessions": [["sku3", "sku4"], ["nope"]], "k": 5, "exclude_seen": True},
+                    timeout=10,
+                ).json()
+                assert body["model_version"] == f"f{index}" and body["model_family"] == name
+                ranked = [item["sku"] for item in body["recommendations"][0]]
+                assert len(ranked) == 5 and not {"sku3", "sku4"} & set(ranked) and set(ranked) <= set(SKUS)
+                scores = [item["score"] for item in body["recommendations"][0]]
+                assert scores == sorted(scores, reverse=True) and all(0 <= score <= 1 for score in scores)
+                assert body["fallback"] == [False, True] and body["unknown_skus"] == [[], ["nope"]]
+                assert httpx.get(f"{server.base_url}/ping").json()["model_family"] == name
+                metrics = httpx.get(f"{server.base_url}/metrics").text
+                assert f'postmodern_model_info{{family="{name}",version="f{index}"}} 1.0' in metrics
+        versions = {f"f{index}": "sku" for index in range(len(SERVED_FAMILIES) + 1)}
+        assert_every_answer_came_whole_from_the_model_it_names(traffic, versions)
+    finally:
+        server.stop()

@@ -29,9 +29,9 @@ from postmodern.evaluation.session_suite import (
     swap_two_items,
 )
 from postmodern.evaluation.suite import RecSuite, RecTestResult, Sliced, SuiteReport, rec_test
-from postmodern.model.baselines import PopularityRanker
 from postmodern.model.bundle import SessionRecommender, make_bundle
 from postmodern.model.dataset import Vocabulary
+from postmodern.model.families.popularity import PopularityRanker
 from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender
 from postmodern.serving.registry import latest_bundle_dir, publish
 from postmodern.tracking import log_suite_report, tracked_run
@@ -264,12 +264,14 @@ def random_model(n_items, seed=0):
 def test_the_deployed_model_ranks_this_runs_ids_through_skus():
     bundle_skus = ["a", "b", "c", "d", "old"]  # the bundle knows "old", this run does not
     model = random_model(len(bundle_skus))
-    bundle = make_bundle(model, Vocabulary(bundle_skus), np.array([0, 5, 4, 3, 2, 1]), {"model_version": "v1"})
+    bundle = make_bundle(
+        LSTMRanker(model, np.array([0, 5, 4, 3, 2, 1])), Vocabulary(bundle_skus), {"model_version": "v1"}
+    )
     run_vocabulary = Vocabulary(["d", "c", "new", "b", "a"])  # other ids, and a SKU new to the bundle
     ranker = DeployedModelRanker(SessionRecommender(bundle), run_vocabulary)
 
     items, scores = ranker.rank([np.array([5, 2]), np.array([3])], k=5)  # [a, c] and [new]
-    expected, expected_scores = LSTMRanker(model).rank([np.array([1, 3])], k=5)
+    expected, expected_scores = LSTMRanker(model, np.array([0, 5, 4, 3, 2, 1])).rank([np.array([1, 3])], k=5)
     expected_skus = Vocabulary(bundle_skus).decode(expected[0])
     assert run_vocabulary.decode([i for i in items[0] if i]) == [s for s in expected_skus if s != "old"]
     assert 0 in items[0]  # "old" has no id in this run: padding, never a target
@@ -282,10 +284,12 @@ def test_load_deployed_model_from_the_registry(tmp_path):
     vocabulary = Vocabulary(["a", "b"])
     assert load_deployed_model(registry, vocabulary).ranker is None
     assert load_deployed_model(registry, vocabulary).note == f"no model deployed yet in {registry}"
-    publish(make_bundle(random_model(2), vocabulary, np.array([0, 2, 1]), {"model_version": "v1"}), registry)
+    publish(
+        make_bundle(LSTMRanker(random_model(2), np.array([0, 2, 1])), vocabulary, {"model_version": "v1"}), registry
+    )
     deployed = load_deployed_model(registry, vocabulary)
     assert deployed.ranker.name == "deployed" and deployed.ranker.version == "v1"
-    (latest_bundle_dir(registry) / "weights.pt").write_bytes(b"not torch")
+    (latest_bundle_dir(registry) / "model" / "item_embedding.weight.npy").write_bytes(b"not numpy")
     broken = load_deployed_model(registry, vocabulary)
     assert broken.ranker is None and "cannot be loaded" in broken.note
 
@@ -361,9 +365,9 @@ def test_an_optional_latency_limit():
 def test_a_blocked_deployment_leaves_the_serving_model_in_place(tmp_path):
     settings = make_settings(tmp_path)
     vocabulary = Vocabulary(["a", "b"])
-    first = make_bundle(random_model(2), vocabulary, np.array([0, 2, 1]), {"model_version": "v1"})
+    first = make_bundle(LSTMRanker(random_model(2), np.array([0, 2, 1])), vocabulary, {"model_version": "v1"})
     publish(first, settings.registry_dir)
-    second = make_bundle(random_model(2, seed=1), vocabulary, np.array([0, 2, 1]), {"model_version": "v2"})
+    second = make_bundle(LSTMRanker(random_model(2, seed=1), np.array([0, 2, 1])), vocabulary, {"model_version": "v2"})
     report = gate_report({"lstm": 0.1, "popularity": 0.2}, {"lstm": {}, "popularity": {}}, {})
     blocked = check_gate(report, GateConfig(slice_tests=()))
 

@@ -9,18 +9,13 @@ from metaflow.cards import Markdown, Table, VegaChart
 
 from postmodern.evaluation.suite_card import suite_card_components
 
-HISTORY = [
-    {"epoch": 1, "train_loss": 5.0, "validation_mrr": 0.2},
-    {"epoch": 2, "train_loss": 4.0, "validation_mrr": 0.25},
-]
-
 
 @pytest.fixture(scope="module")
 def components(evaluation_against_deployed, suite_data):
     """The card of an (untrained) LSTM against popularity and the deployed copy of itself: blocked."""
     splits, _ = suite_data
     evaluation = evaluation_against_deployed
-    return suite_card_components(evaluation, HISTORY, splits.stats()), evaluation
+    return suite_card_components(evaluation, splits.stats()), evaluation
 
 
 def test_the_card_leads_with_the_comparison_and_the_verdict(components):
@@ -30,10 +25,13 @@ def test_the_card_leads_with_the_comparison_and_the_verdict(components):
     popularity = evaluation.report.metrics("popularity")["mrr@20"]
     assert texts[0].startswith("# Behavioural tests of `lstm`")
     assert f"**lstm MRR@20 {lstm:.4f}**" in texts[0]
-    assert f"best baseline **popularity** {popularity:.4f} ({lstm / popularity - 1:+.1%})" in texts[0]
+    assert f"best other family **popularity** {popularity:.4f} ({lstm / popularity - 1:+.1%})" in texts[0]
     assert "**deployed** model" in texts[0] and "(+0.0%)" in texts[0]  # the same weights
     assert "Deployment gate: **BLOCKED**" in texts[1] and "the previous model keeps serving" in texts[1]
     assert "- **FAIL** beats deployed on MRR@20" in texts[1]
+    # the verdict says which family won on validation, by how much, and how it fares on test and its slices
+    assert "Champion: lstm (hidden_dim=16), validation MRR@20 0.2500, +0.2000 over popularity (0.0500)" in texts[1]
+    assert f"on test MRR@20 {lstm:.4f} against {popularity:.4f}" in texts[1] and "slice(s) (" in texts[1]
 
 
 def test_the_metrics_table_has_every_ranker_on_every_summary_metric(components):
@@ -51,9 +49,14 @@ def test_the_charts_are_plain_vega_lite_with_every_ranker(components):
     parts, _ = components
     specs = [part.render()["spec"] for part in parts if isinstance(part, VegaChart)]
     assert len(specs) == 6
-    for spec in specs[:-1]:  # the last is the training curve
+    for spec in specs[:-1]:  # the last is the choice: validation and test by family
         json.dumps(spec, allow_nan=False)
         assert {row["ranker"] for row in spec["data"]["values"]} == {"lstm", "popularity", "deployed"}
+    choice = specs[-1]["data"]["values"]
+    assert {(row["family"], row["split"][:4]) for row in choice} == {
+        (family, split) for family in ("lstm", "popularity") for split in ("vali", "test")
+    }
+    assert specs[-1]["encoding"]["x"]["sort"] == ["lstm", "popularity"]
     k_curves = specs[0]["data"]["values"]
     assert {row["test"] for row in k_curves} == {"hr", "mrr", "ndcg", "last_hr", "last_mrr", "last_ndcg"}
     assert sorted({row["k"] for row in k_curves}) == [1, 5, 10, 20]

@@ -19,10 +19,13 @@ Supported layouts (`postmodern load --source NAME --path PATH`):
     retailrocket  events.csv            (timestamp,visitorid,event,itemid,transactionid), sessions cut at
                   30-minute gaps per visitor
     plain         a CSV with session_id,item_id,timestamp (epoch seconds or milliseconds, or ISO 8601)
+
+Any file may be gzipped (`.csv.gz`, `.dat.gz`): DuckDB decompresses it as it reads.
 """
 
 from __future__ import annotations
 
+import gzip
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,8 +83,12 @@ def _quoted(path: Path) -> str:
 def _check_header(path: Path, expected: tuple[str, ...], delimiter: str = ",") -> None:
     if not path.exists():
         raise SourceError(f"{path} does not exist")
-    with path.open("rb") as handle:
-        first = handle.readline().decode("utf-8", errors="replace").strip().lstrip("\ufeff")
+    # DuckDB reads gzipped CSV as it is (by the .gz suffix); the header is read the same way
+    with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as handle:
+        try:
+            first = handle.readline().decode("utf-8", errors="replace").strip().lstrip("\ufeff")
+        except (OSError, EOFError) as error:
+            raise SourceError(f"{path}: not a readable gzip file ({error})") from None
     found = tuple(name.strip().strip('"') for name in first.split(delimiter))
     if found != expected:
         raise SourceError(f"{path}: header {found} is not the expected {expected}")

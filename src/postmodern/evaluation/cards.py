@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from metaflow.cards import Markdown, Table, VegaChart
 
+from postmodern.evaluation.gate import describe_params
 from postmodern.evaluation.suite_card import VEGA_LITE
+from postmodern.model.champion import Selection
+from postmodern.model.families import Fitted
 from postmodern.transform.dag import Dag
 from postmodern.transform.quality import QualityReport
 
@@ -142,41 +145,65 @@ def dbt_card_components(
     ]
 
 
-def tuning_card_components(results: list[dict], histories: list[list[dict]]) -> list:
-    """Every candidate of the hyper-parameter search, best first: its knobs and best validation MRR@20, and
-    the validation curves side by side."""
-    best = max(range(len(results)), key=lambda index: results[index]["validation_mrr"])
-    knobs = [name for name in results[best] if name not in ("validation_mrr", "tracking_run_id")]
-    order = sorted(range(len(results)), key=lambda index: -results[index]["validation_mrr"])
-    rows = [
-        [f"{index} (selected)" if index == best else str(index)]
-        + [str(results[index][name]) for name in knobs]
-        + [f"{results[index]['validation_mrr']:.4f}"]
-        for index in order
+def tuning_card_components(fits: list[Fitted], selection: Selection) -> list:
+    """The choice of the champion: the finalists (each family's best, the best blend) by validation MRR@20, every
+    configuration tried, and the validation curves of the candidates trained in epochs."""
+    champion = selection.champion_fit
+    runner_up, lead = selection.margin()
+    lead_text = f", {lead:+.4f} over {runner_up}" if runner_up else ""
+    finalists = [
+        [
+            f"{fit.family} (champion)" if fit.family == selection.champion else fit.family,
+            describe_params(fit.params),
+            f"{fit.validation_mrr:.4f}",
+            f"{fit.validation['hr@20']:.4f}",
+            f"{fit.seconds:.1f}",
+        ]
+        for fit in selection.ranking()
     ]
+    trials = [
+        [
+            fit.family,
+            describe_params({knob: value for knob, value in trial.items() if not knob.startswith("validation_")}),
+            f"{trial['validation_mrr']:.4f}",
+        ]
+        for fit in [*fits, *selection.blends_tried]
+        for trial in fit.trials
+    ]
+    trials.sort(key=lambda row: -float(row[2]))
     curves = [
-        {"candidate": str(index), "epoch": record["epoch"], "validation MRR@20": record["validation_mrr"]}
-        for index, history in enumerate(histories)
-        for record in history
+        {"candidate": f"{index}: {fit.family}", "epoch": record["epoch"], "validation MRR@20": record["validation_mrr"]}
+        for index, fit in enumerate(fits)
+        for record in fit.history
     ]
-    return [
+    components = [
         Markdown(
-            f"# Hyper-parameter search\n\n{len(results)} candidate(s), each trained in its own task; candidate "
-            f"{best} has the best validation MRR@20 ({results[best]['validation_mrr']:.4f}) and goes on to the test."
+            f"# Model selection\n\n{len(fits)} candidate(s) of {len({fit.family for fit in fits})} families, each "
+            f"fitted in its own task, and {len(selection.blends_tried)} blend(s) of them, all on the same validation "
+            f"cases. The champion is **{champion.family}** ({describe_params(champion.params)}): validation MRR@20 "
+            f"{champion.validation_mrr:.4f}{lead_text}. It is refit and tested next."
         ),
-        Table(rows, headers=["candidate", *knobs, "validation MRR@20"]),
-        VegaChart(
-            {
-                "$schema": VEGA_LITE,
-                "data": {"values": curves},
-                "mark": {"type": "line", "point": True},
-                "width": 400,
-                "height": 220,
-                "encoding": {
-                    "x": {"field": "epoch", "type": "ordinal"},
-                    "y": {"field": "validation MRR@20", "type": "quantitative"},
-                    "color": {"field": "candidate", "type": "nominal"},
-                },
-            }
-        ),
+        Markdown("## Finalists: each family's best"),
+        Table(finalists, headers=["family", "configuration", "validation MRR@20", "validation HR@20", "seconds"]),
+        Markdown("## Every configuration tried"),
+        Table(trials, headers=["family", "configuration", "validation MRR@20"]),
     ]
+    if curves:
+        components += [
+            Markdown("## Validation curves of the candidates trained in epochs"),
+            VegaChart(
+                {
+                    "$schema": VEGA_LITE,
+                    "data": {"values": curves},
+                    "mark": {"type": "line", "point": True},
+                    "width": 400,
+                    "height": 220,
+                    "encoding": {
+                        "x": {"field": "epoch", "type": "ordinal"},
+                        "y": {"field": "validation MRR@20", "type": "quantitative"},
+                        "color": {"field": "candidate", "type": "nominal"},
+                    },
+                }
+            ),
+        ]
+    return components

@@ -20,9 +20,16 @@ from postmodern.evaluation.metrics import NextItemRanker
 from postmodern.evaluation.session_suite import SessionRecSuite, SuiteConfig, item_attributes
 from postmodern.evaluation.suite import SuiteReport
 from postmodern.model.bundle import ModelBundle
+from postmodern.model.champion import Selection
 from postmodern.model.dataset import SessionSplits
 
 SLICE_TESTS = ("hr_by_popularity", "hr_by_session_length", "hr_by_category", "hr_by_price_bucket")
+SLICE_NAMES = {
+    "hr_by_popularity": "popularity",
+    "hr_by_session_length": "items seen",
+    "hr_by_category": "category",
+    "hr_by_price_bucket": "price bucket",
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class GateCheck:
 class GateVerdict:
     candidate: str
     checks: list[GateCheck] = field(default_factory=list)
+    note: str = ""  # how the candidate was chosen: its family, by how much it won, on which slices
 
     @property
     def passed(self) -> bool:
@@ -62,7 +70,7 @@ class GateVerdict:
         return f"gate blocked {self.candidate}: " + "; ".join(check.detail for check in self.failures)
 
     def describe(self) -> str:
-        lines = [self.summary()]
+        lines = [self.summary(), *([f"  {self.note}"] if self.note else [])]
         lines += [f"  [{'pass' if check.passed else 'FAIL'}] {check.name}: {check.detail}" for check in self.checks]
         return "\n".join(lines)
 
@@ -114,13 +122,58 @@ def _latency(report: SuiteReport, limit_ms: float) -> GateCheck:
     )
 
 
-def check_gate(report: SuiteReport, config: GateConfig = GateConfig()) -> GateVerdict:
+def check_gate(report: SuiteReport, config: GateConfig = GateConfig(), note: str = "") -> GateVerdict:
     """Every check of the gate on the suite's report; the candidate is the report's."""
     checks = [_beats(report, config, reference) for reference in config.must_beat]
     checks += [_no_collapse(report, config, test_name) for test_name in config.slice_tests]
     if config.max_latency_p99_ms is not None:
         checks.append(_latency(report, config.max_latency_p99_ms))
-    return GateVerdict(report.candidate, checks)
+    return GateVerdict(report.candidate, checks, note)
+
+
+def describe_params(params: dict) -> str:
+    """A blend as its weighted parts (`lstm 0.7 + vsknn 0.3`), any other configuration as knob=value."""
+    if "parts" in params and "weights" in params:
+        return " + ".join(f"{part} {weight:g}" for part, weight in zip(params["parts"], params["weights"], strict=True))
+    return ", ".join(f"{knob}={value}" for knob, value in params.items())
+
+
+def slice_comparison(report: SuiteReport, config: GateConfig, other: str) -> tuple[list[str], list[str]]:
+    """The slices (of enough cases) where the candidate's value is above, and below, `other`'s."""
+    ahead, behind = [], []
+    for test_name in config.slice_tests:
+        result = report.test(test_name)
+        for label, value in result.values[report.candidate].items():
+            if result.support.get(label, 0) < config.slice_min_cases or label not in result.values[other]:
+                continue
+            theirs = result.values[other][label]
+            if value != theirs:
+                (ahead if value > theirs else behind).append(f"{SLICE_NAMES.get(test_name, test_name)} {label}")
+    return ahead, behind
+
+
+def champion_note(selection: Selection, report: SuiteReport, config: GateConfig) -> str:
+    """Which family won on validation, with what, by how much over the runner-up, and on test: its lead over the
+    runner-up on the gate's metric and on which slices."""
+    champion = selection.champion_fit
+    text = (
+        f"champion: {champion.family} ({describe_params(champion.params)}), validation MRR@20 "
+        f"{champion.validation_mrr:.4f}"
+    )
+    runner_up, lead = selection.margin()
+    if runner_up is None:
+        return text + ", the only family fitted"
+    text += f", {lead:+.4f} over {runner_up} ({selection.finalists[runner_up].validation_mrr:.4f})"
+    if runner_up not in report.rankers:
+        return text
+    metric = config.metric
+    ours, theirs = report.metrics(report.candidate)[metric], report.metrics(runner_up)[metric]
+    ahead, behind = slice_comparison(report, config, runner_up)
+    return (
+        f"{text}; on test {metric.upper()} {ours:.4f} against {theirs:.4f} ({ours - theirs:+.4f}); "
+        f"ahead on {len(ahead)} slice(s) ({', '.join(ahead) or 'none'}), behind on {len(behind)} "
+        f"({', '.join(behind) or 'none'})"
+    )
 
 
 @dataclass(frozen=True)
@@ -156,6 +209,7 @@ class DeploymentEvaluation:
     gate: GateConfig
     serving_before: str | None  # version of the model deployed before this run, if any
     deployed_note: str  # what was found in the registry, for the card
+    selection: Selection | None = None  # how the candidate was chosen
 
 
 def evaluate_for_deployment(
@@ -165,10 +219,11 @@ def evaluate_for_deployment(
     registry_dir: Path,
     suite_config: SuiteConfig | None = None,
     gate: GateConfig | None = None,
+    selection: Selection | None = None,
     progress: bool = True,
 ) -> DeploymentEvaluation:
-    """The default suite on the test split for `rankers` (the model under test first, then the baselines)
-    and the model deployed now, then the gate's verdict on the report."""
+    """The default suite on the test split for `rankers` (the champion first, then the others) and the model
+    deployed now, then the gate's verdict on the report, which says how `selection` chose the champion."""
     gate = gate or GateConfig()
     deployed = load_deployed_model(registry_dir, splits.vocabulary)
     attributes = item_attributes(products, splits.vocabulary)
@@ -176,4 +231,6 @@ def evaluate_for_deployment(
     compared = [*rankers, deployed.ranker] if deployed.ranker else list(rankers)
     report = suite.run(compared, candidate=rankers[0].name, progress=progress)
     serving_before = deployed.ranker.version if deployed.ranker else None
-    return DeploymentEvaluation(report, check_gate(report, gate), gate, serving_before, deployed.note)
+    note = champion_note(selection, report, gate) if selection is not None else ""
+    verdict = check_gate(report, gate, note)
+    return DeploymentEvaluation(report, verdict, gate, serving_before, deployed.note, selection)

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from postmodern.model.dataset import PADDING_ID
+from postmodern.model.dataset import PADDING_ID, UNKNOWN_ID
 
 
 class NextItemRanker(Protocol):
@@ -36,15 +36,21 @@ class EvaluationCases:
 
 
 def next_item_cases(sessions: list[np.ndarray], max_cases: int | None = None, seed: int = 0) -> EvaluationCases:
-    """Every (prefix, next item) of every session; a seeded sample of sessions when `max_cases` is set."""
+    """Every (prefix, next item) of every session; a seeded sample of sessions when `max_cases` is set.
+
+    Every case counts: a target training never saw (`UNKNOWN_ID`) is a miss for every ranker, and a prefix holds
+    the items a ranker knows (as serving ignores unknown SKUs): one with none left is empty, and ranked as serving
+    ranks it, by popularity."""
     order = np.arange(len(sessions))
     if max_cases is not None:
         np.random.default_rng(seed).shuffle(order)
     prefixes, targets, session_index, is_last, positions = [], [], [], [], []
     for index in order:
         session = sessions[index]
+        known = session[session != UNKNOWN_ID] if (session == UNKNOWN_ID).any() else session
+        known_before = np.cumsum(session != UNKNOWN_ID)  # known items up to and including each position
         for position in range(1, len(session)):
-            prefixes.append(session[:position])
+            prefixes.append(known[: known_before[position - 1]])
             targets.append(session[position])
             session_index.append(index)
             is_last.append(position == len(session) - 1)

@@ -37,7 +37,7 @@ from postmodern.evaluation.metrics import (
     target_ranks,
 )
 from postmodern.evaluation.suite import RecSuite, Sliced, rec_test
-from postmodern.model.dataset import Vocabulary
+from postmodern.model.dataset import PADDING_ID, UNKNOWN_ID, Vocabulary
 
 # Items by their rank in training popularity (the vocabulary's order), as a share of the catalogue.
 POPULARITY_BINS = (("top 1%", 0.01), ("1-5%", 0.05), ("5-20%", 0.2), ("20-50%", 0.5), ("bottom 50%", 1.0))
@@ -45,6 +45,7 @@ POPULARITY_BINS = (("top 1%", 0.01), ("1-5%", 0.05), ("5-20%", 0.2), ("20-50%", 
 LENGTH_BINS = (("1", 1), ("2", 2), ("3-4", 4), ("5-9", 9), ("10+", np.inf))
 PRICE_BUCKETS = 10
 UNKNOWN = "unknown"
+UNSEEN = "unseen in training"  # a target no ranker can hit: every miss here is the data's, not the model's
 OTHER = "other"
 
 
@@ -153,7 +154,8 @@ class SessionRecSuite(RecSuite):
         self.latency_cases = rng.choice(n_cases, size=min(config.latency_sessions, n_cases), replace=False)
 
     def _slice_labels(self) -> dict[str, np.ndarray]:
-        targets = self.cases.targets
+        unseen = self.cases.targets == UNKNOWN_ID
+        targets = np.where(unseen, PADDING_ID, self.cases.targets)  # padding's attributes are unknown
         popularity_share = self.popularity_rank[targets] / self.n_items
         lengths = np.array([len(prefix) for prefix in self.cases.prefixes])
         codes = self.attributes.category[targets]
@@ -166,7 +168,7 @@ class SessionRecSuite(RecSuite):
         )
         prices = self.attributes.price_bucket[targets]
         return {
-            "popularity": binned(popularity_share, POPULARITY_BINS),
+            "popularity": np.where(unseen, UNSEEN, binned(popularity_share, POPULARITY_BINS)),
             "length": binned(lengths, LENGTH_BINS),
             "category": category,
             "price": np.where(prices > 0, prices.astype(str), UNKNOWN).astype(object),
@@ -256,8 +258,8 @@ class SessionRecSuite(RecSuite):
 
     @rec_test("hr_by_popularity", display="bars")
     def hit_rate_by_popularity(self, run: RankedCases) -> Sliced:
-        """Hit rate at k by the target's training popularity (share of the catalogue by rank)."""
-        return self._sliced(run, "popularity", [label for label, _ in POPULARITY_BINS])
+        """Hit rate at k by the target's training popularity (share of the catalogue by rank, or unseen)."""
+        return self._sliced(run, "popularity", [*(label for label, _ in POPULARITY_BINS), UNSEEN])
 
     @rec_test("hr_by_session_length", display="bars")
     def hit_rate_by_session_length(self, run: RankedCases) -> Sliced:
@@ -298,8 +300,8 @@ class SessionRecSuite(RecSuite):
         return changes
 
     def _misses(self, run: RankedCases) -> tuple[np.ndarray, np.ndarray]:
-        """Top recommendation and target of every case whose target is not in the top k."""
-        missed = ~self._hits(run)
+        """Top recommendation and target of every case whose target (one seen in training) is not in the top k."""
+        missed = ~self._hits(run) & (self.cases.targets != UNKNOWN_ID)
         return run.ranked[missed, 0], self.cases.targets[missed]
 
     @rec_test("less_wrong_same_category", display="scalar")

@@ -10,6 +10,7 @@ from metaflow.cards import Markdown, Table, VegaChart
 
 from postmodern.evaluation.gate import DeploymentEvaluation, GateVerdict
 from postmodern.evaluation.suite import RecTestResult, SuiteReport
+from postmodern.model.champion import Selection
 
 VEGA_LITE = "https://vega.github.io/schema/vega-lite/v5.json"
 DEPLOYED = "deployed"
@@ -21,7 +22,8 @@ SLICE_TITLES = {
 }
 
 
-def baselines(report: SuiteReport) -> list[str]:
+def others(report: SuiteReport) -> list[str]:
+    """The rankers compared with the candidate, but the deployed model."""
     return [name for name in report.rankers if name not in (report.candidate, DEPLOYED)]
 
 
@@ -36,14 +38,14 @@ def _relative(value: float, reference: float) -> str:
 
 
 def headline(report: SuiteReport, metric: str, deployed_note: str) -> str:
-    """The candidate against the best baseline and the deployed model on the gate's metric."""
+    """The candidate against the best other family and the deployed model on the gate's metric."""
     value = report.metrics(report.candidate)[metric]
     parts = [f"**{report.candidate} {metric.upper()} {_number(value)}**"]
-    others = baselines(report)
-    if others:
-        best = max(others, key=lambda name: report.metrics(name)[metric])
+    compared = others(report)
+    if compared:
+        best = max(compared, key=lambda name: report.metrics(name)[metric])
         reference = report.metrics(best)[metric]
-        parts.append(f"best baseline **{best}** {_number(reference)} ({_relative(value, reference)})")
+        parts.append(f"best other family **{best}** {_number(reference)} ({_relative(value, reference)})")
     if DEPLOYED in report.rankers:
         reference = report.metrics(DEPLOYED)[metric]
         parts.append(f"**deployed** model {_number(reference)} ({_relative(value, reference)})")
@@ -64,7 +66,8 @@ def verdict_markdown(verdict: GateVerdict) -> str:
     checks = "\n".join(
         f"- **{'pass' if check.passed else 'FAIL'}** {check.name}: {check.detail}" for check in verdict.checks
     )
-    return f"{title}\n\n{checks}"
+    note = f"{verdict.note[:1].upper()}{verdict.note[1:]}.\n\n" if verdict.note else ""
+    return f"{title}\n\n{note}{checks}"
 
 
 def metrics_table(report: SuiteReport) -> Table:
@@ -163,32 +166,49 @@ def bar_chart_sections(k: int) -> list[tuple[str, dict[str, str], str]]:
     ]
 
 
-def training_curve_spec(history: list[dict]) -> dict:
-    curve = [
-        {"epoch": record["epoch"], "series": series, "value": record[field]}
-        for record in history
-        for series, field in (("validation MRR@20", "validation_mrr"), ("train loss", "train_loss"))
+def choice_spec(selection: Selection, report: SuiteReport, metric: str) -> dict:
+    """Each finalist's MRR@20 on validation (what chose the champion) beside its test value (what confirms it)."""
+    rows = [
+        {"family": name, "split": "validation (the choice)", "value": fit.validation_mrr}
+        for name, fit in selection.finalists.items()
     ]
+    rows += [
+        {"family": name, "split": "test (the confirmation)", "value": report.metrics(name)[metric]}
+        for name in selection.finalists
+        if name in report.rankers and math.isfinite(report.metrics(name)[metric])
+    ]
+    order = [fit.family for fit in selection.ranking()]
     return {
         "$schema": VEGA_LITE,
-        "data": {"values": curve},
-        "mark": {"type": "line", "point": True},
-        "width": 300,
+        "data": {"values": rows},
+        "mark": "bar",
+        "width": {"step": 14},
         "height": 200,
         "encoding": {
-            "x": {"field": "epoch", "type": "ordinal"},
-            "y": {"field": "value", "type": "quantitative"},
-            "facet": {"field": "series", "type": "nominal", "columns": 2},
+            "x": {"field": "family", "type": "nominal", "sort": order, "title": None},
+            "xOffset": {"field": "split", "type": "nominal"},
+            "y": {"field": "value", "type": "quantitative", "title": metric.upper()},
+            "color": {"field": "split", "type": "nominal"},
+            "tooltip": [{"field": "family"}, {"field": "split"}, {"field": "value", "format": ".4f"}],
         },
-        "resolve": {"scale": {"y": "independent"}},
     }
 
 
-def suite_card_components(evaluation: DeploymentEvaluation, history: list[dict], stats: dict) -> list:
+def suite_card_components(evaluation: DeploymentEvaluation, stats: dict) -> list:
     """Headline, gate verdict, charts (k curves, slices, popularity, robustness and less wrong, latency),
-    metrics table, training curves and the data behind them."""
+    metrics table, the choice of the champion (when the evaluation knows it) and the data behind them."""
     report = evaluation.report
     k = report.dataset["k"]
+    selection = evaluation.selection
+    choice = []
+    if selection is not None:
+        choice = [
+            Markdown(
+                "## The choice: each family's best on validation, and on test\n\n"
+                f"The champion, **{selection.champion}**, has the best validation MRR@20; the test confirms it or not."
+            ),
+            VegaChart(choice_spec(selection, report, "mrr@20")),
+        ]
     return [
         Markdown(headline(report, evaluation.gate.metric, evaluation.deployed_note)),
         Markdown(verdict_markdown(evaluation.verdict)),
@@ -201,8 +221,7 @@ def suite_card_components(evaluation: DeploymentEvaluation, history: list[dict],
         ),
         Markdown(f"## Metrics (k = {k} where not named)"),
         metrics_table(report),
-        Markdown("## Training curve of the chosen model"),
-        VegaChart(training_curve_spec(history)),
+        *choice,
         Markdown("## Data"),
         Table([[name, f"{value:,}"] for name, value in {**stats, **report.dataset}.items()], headers=["what", "count"]),
     ]

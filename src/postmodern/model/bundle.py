@@ -1,12 +1,14 @@
-"""The model bundle: everything serving needs, in one directory, loadable with this package alone.
+"""The model bundle: everything serving needs, in one directory, loadable with this package alone, whatever the
+model's family.
 
-    weights.pt     the LSTM's state dict
-    config.json    LSTMConfig
+    model/         the ranker's state (`RankerState`): config.json (its family and configuration), one .npy per
+                   array (an LSTM's weights, a kNN's session index, ...), part-<i>/ for each part of a blend
     vocab.json     SKUs in item-id order (id = index + 1)
     popular.json   fallback [SKU, share of training interactions], most popular first, for sessions
                    with no known SKU
-    metadata.json  format version, model version, run id, data window, metrics
+    metadata.json  format version, family, model version, run id, data window, metrics
 
+Bundles of formats 1 to 3 hold an LSTM as `weights.pt` and `config.json`, and still load.
 `SessionRecommender.recommend` is the one function that turns SKU sessions into ranked SKUs; the
 evaluation scores the same `rank` underneath it.
 """
@@ -14,20 +16,22 @@ evaluation scores the same `rank` underneath it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from postmodern.model.dataset import PADDING_ID, Vocabulary
-from postmodern.model.lstm import LSTMConfig, LSTMRanker, LSTMRecommender
+from postmodern.model.families import ranker_from_state
+from postmodern.model.ranker import Ranker, RankerState
 
-# 3: a model's item pairs are the training transitions' counts, mixed in as frequencies (in 1 and 2, they were
-# learned scores, added to the LSTM's in 1, a softmax of their own in 2)
-BUNDLE_FORMAT_VERSION = 3
-READABLE_FORMAT_VERSIONS = (1, 2, 3)
-# what a bundle written before a config field existed meant by leaving it out
+# 4: any family, its state under model/ (1-3: an LSTM's weights.pt and config.json; in 1 and 2 its item pairs were
+# learned scores, in 3 the training transitions' counts)
+BUNDLE_FORMAT_VERSION = 4
+READABLE_FORMAT_VERSIONS = (1, 2, 3, 4)
+MODEL_DIR = "model"
+# what an LSTM bundle written before a config field existed meant by leaving it out
 CONFIG_BEFORE_FIELDS = {"item_skip": False, "tied_output": True, "item_transitions": False, "item_pairs": False}
 FALLBACK_SIZE = 200
 
@@ -38,8 +42,7 @@ class BundleError(ValueError):
 
 @dataclass
 class ModelBundle:
-    model_config: LSTMConfig
-    state_dict: dict[str, torch.Tensor]
+    model: RankerState
     vocabulary: list[str]
     popular: list[tuple[str, float]]  # (SKU, share of training interactions), most popular first
     metadata: dict = field(default_factory=dict)
@@ -48,54 +51,69 @@ class ModelBundle:
     def version(self) -> str:
         return str(self.metadata.get("model_version", "unversioned"))
 
+    @property
+    def family(self) -> str:
+        return self.model.family
+
     def save(self, directory: Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state_dict, directory / "weights.pt")
-        (directory / "config.json").write_text(json.dumps(asdict(self.model_config), indent=2))
+        self.model.save(directory / MODEL_DIR)
         (directory / "vocab.json").write_text(json.dumps(self.vocabulary))
         (directory / "popular.json").write_text(json.dumps(self.popular))
-        metadata = {**self.metadata, "format_version": BUNDLE_FORMAT_VERSION}
+        metadata = {**self.metadata, "family": self.family, "format_version": BUNDLE_FORMAT_VERSION}
         (directory / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
         return directory
 
     @classmethod
     def load(cls, directory: Path) -> ModelBundle:
         directory = Path(directory)
-        missing = [
-            name
-            for name in ("weights.pt", "config.json", "vocab.json", "popular.json", "metadata.json")
-            if not (directory / name).exists()
-        ]
-        if missing:
-            raise BundleError(f"{directory} is not a model bundle: missing {', '.join(missing)}")
+        if not (directory / "metadata.json").exists():
+            raise BundleError(f"{directory} is not a model bundle: missing metadata.json")
         metadata = json.loads((directory / "metadata.json").read_text())
         format_version = metadata.get("format_version")
         if format_version not in READABLE_FORMAT_VERSIONS:
             raise BundleError(f"{directory}: bundle format {format_version} is not one of {READABLE_FORMAT_VERSIONS}")
-        model_config = LSTMConfig(**{**CONFIG_BEFORE_FIELDS, **json.loads((directory / "config.json").read_text())})
-        if format_version < BUNDLE_FORMAT_VERSION and model_config.item_pairs:
-            raise BundleError(
-                f"{directory}: its item pairs are learned scores, as in bundle format {format_version}; this version "
-                "mixes in the training transitions' frequencies: retrain the model"
-            )
-        return cls(
-            model_config=model_config,
-            state_dict=torch.load(directory / "weights.pt", map_location="cpu", weights_only=True),
-            vocabulary=json.loads((directory / "vocab.json").read_text()),
-            popular=[(sku, float(share)) for sku, share in json.loads((directory / "popular.json").read_text())],
-            metadata=metadata,
+        model_files = [f"{MODEL_DIR}/config.json"] if format_version >= 4 else ["weights.pt", "config.json"]
+        missing = [name for name in [*model_files, "vocab.json", "popular.json"] if not (directory / name).exists()]
+        if missing:
+            raise BundleError(f"{directory} is not a model bundle: missing {', '.join(missing)}")
+        vocabulary = json.loads((directory / "vocab.json").read_text())
+        popular = [(sku, float(share)) for sku, share in json.loads((directory / "popular.json").read_text())]
+        if format_version >= 4:
+            model = RankerState.load(directory / MODEL_DIR)
+        else:
+            model = _lstm_state_of_format(directory, format_version, vocabulary, popular)
+        return cls(model=model, vocabulary=vocabulary, popular=popular, metadata=metadata)
+
+
+def _lstm_state_of_format(
+    directory: Path, format_version: int, vocabulary: list[str], popular: list[tuple[str, float]]
+) -> RankerState:
+    """The LSTM of a format 1-3 bundle as a ranker state. Those bundles hold no training counts: the fallback
+    list's shares stand for them, enough to order the popular items of an empty prefix."""
+    config = {**CONFIG_BEFORE_FIELDS, **json.loads((directory / "config.json").read_text())}
+    if format_version < 3 and config["item_pairs"]:
+        raise BundleError(
+            f"{directory}: its item pairs are learned scores, as in bundle format {format_version}; this version "
+            "mixes in the training transitions' frequencies: retrain the model"
         )
+    weights = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
+    ids = Vocabulary(vocabulary)
+    train_counts = np.zeros(len(vocabulary) + 1, dtype=np.int64)
+    for sku, share in popular:
+        train_counts[ids.encode([sku])[0]] = max(1, round(share * 1e9))
+    arrays = {name: tensor.numpy() for name, tensor in weights.items()}
+    return RankerState("lstm", config, {"train_counts": train_counts, **arrays})
 
 
-def make_bundle(
-    model: LSTMRecommender, vocabulary: Vocabulary, train_counts: np.ndarray, metadata: dict
-) -> ModelBundle:
-    popular_ids = np.argsort(-train_counts[1:], kind="stable")[:FALLBACK_SIZE] + 1
+def make_bundle(ranker: Ranker, vocabulary: Vocabulary, metadata: dict) -> ModelBundle:
+    """The bundle of a ranker of any family, with the fallback of its training counts."""
+    train_counts = ranker.train_counts
+    popular_ids = ranker.popular[:FALLBACK_SIZE]
     shares = train_counts[popular_ids] / max(int(train_counts.sum()), 1)
     return ModelBundle(
-        model_config=model.config,
-        state_dict={name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
+        model=ranker.state(),
         vocabulary=list(vocabulary.skus),
         popular=list(zip(vocabulary.decode(popular_ids), shares.tolist(), strict=True)),
         metadata=metadata,
@@ -115,16 +133,15 @@ class SessionRecommender:
     def __init__(self, bundle: ModelBundle):
         self.bundle = bundle
         self.vocabulary = Vocabulary(bundle.vocabulary)
-        self.ranker = LSTMRanker(LSTMRecommender.from_state_dict(bundle.model_config, bundle.state_dict))
+        self.ranker = ranker_from_state(bundle.model)
 
     @property
     def version(self) -> str:
         return self.bundle.version
 
     @property
-    def max_length(self) -> int:
-        """The most items a prediction reads: longer sessions keep their latest ones."""
-        return self.bundle.model_config.max_length
+    def family(self) -> str:
+        return self.bundle.family
 
     def recommend(self, sessions: list[list[str]], k: int, exclude_seen: bool = False) -> list[Recommendation]:
         """Top-k next SKUs for each session, ranked in one batch; unknown SKUs are ignored and reported.

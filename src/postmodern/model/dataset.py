@@ -1,29 +1,57 @@
 """From the session mart to model-ready splits, by the protocol in DESIGN.md.
 
-Split by time on each session's start: the latest sessions are the test set, the ones before them the
-validation set, the rest training. Items never seen in training are removed from validation and test
-sessions, and sessions left with fewer than two items are dropped. Consecutive repeats of the same
-SKU (a detail view followed by an add of that product) collapse into one item: predicting the product
-the shopper is already looking at is not a recommendation.
+Split by time on each session's start: the test set is the sessions from `test_from` on (as published
+protocols split) or else the latest `test_share` of them; the validation set is the latest `validation_share`
+of the sessions before the test set, and the rest is training. Every choice (hyper-parameters, epochs, the
+model family) is made on validation; `refit_splits` then gives training and validation together, to train the
+chosen model on every session before the test set.
+
+Validation and test sessions keep every item: one that training never saw is `UNKNOWN_ID`, a target no ranker
+can hit (a miss, counted) and a prefix item a ranker never reads (serving ignores unknown SKUs alike).
+Consecutive repeats of the same SKU (a detail view followed by an add of that product) collapse into one item
+by default: predicting the product the shopper is already looking at is not a recommendation. Published
+benchmarks keep them (`collapse_repeats=False`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 
 PADDING_ID = 0  # item ids start at 1
+UNKNOWN_ID = -1  # an item of a validation or test session that training never saw
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    validation_share: float = 0.1
-    test_share: float = 0.1
+    validation_share: float = 0.1  # of the sessions before the test set
+    test_share: float = 0.1  # of all sessions, when `test_from` is not set
+    test_from: datetime | None = None  # sessions starting at or after this instant (UTC) are the test set
     min_session_length: int = 2
     collapse_repeats: bool = True
+
+
+def parse_instant(text: str) -> datetime:
+    """An instant from epoch milliseconds (as the Coveo files and published splits give them) or ISO 8601 text
+    (UTC unless it says otherwise)."""
+    text = text.strip()
+    if text.isdigit():
+        return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
+    try:
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither epoch milliseconds nor an ISO 8601 date or time") from None
+    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+
+
+def split_config(test_from: str = "", keep_repeats: bool = False) -> SplitConfig:
+    """The split of the flow's parameters: a test set from `test_from` (empty: the latest sessions), repeats kept or
+    collapsed."""
+    return SplitConfig(test_from=parse_instant(test_from) if test_from else None, collapse_repeats=not keep_repeats)
 
 
 @dataclass
@@ -54,6 +82,11 @@ class Vocabulary:
                 known.append(item)
         return known, unknown
 
+    def encode_keeping_unknown(self, skus: list[str]) -> np.ndarray:
+        """Item ids in order, `UNKNOWN_ID` where a SKU is not in the vocabulary."""
+        ids = self._ids
+        return np.fromiter((ids.get(sku, UNKNOWN_ID) for sku in skus), dtype=np.int64, count=len(skus))
+
     def decode(self, items: np.ndarray | list[int]) -> list[str]:
         skus = self.skus
         return [skus[item - 1] for item in np.asarray(items).tolist()]  # Python ints index faster
@@ -63,8 +96,8 @@ class Vocabulary:
 class SessionSplits:
     vocabulary: Vocabulary
     train: list[np.ndarray]
-    validation: list[np.ndarray]
-    test: list[np.ndarray]
+    validation: list[np.ndarray]  # may hold UNKNOWN_ID
+    test: list[np.ndarray]  # may hold UNKNOWN_ID
     train_counts: np.ndarray  # interactions per item id in training (index 0 unused)
     boundaries: dict[str, str]  # first session start of validation and test, for the card
 
@@ -76,6 +109,8 @@ class SessionSplits:
             "test_sessions": len(self.test),
             "train_interactions": int(sum(len(s) for s in self.train)),
             "test_interactions": int(sum(len(s) for s in self.test)),
+            "test_cases": int(sum(len(s) - 1 for s in self.test)),
+            "test_cases_unknown_target": int(sum(np.count_nonzero(s[1:] == UNKNOWN_ID) for s in self.test)),
         }
 
 
@@ -83,55 +118,96 @@ def collapse_consecutive_repeats(skus: list[str]) -> list[str]:
     return [sku for index, sku in enumerate(skus) if index == 0 or sku != skus[index - 1]]
 
 
-def prepare_splits(sessions: pa.Table, config: SplitConfig = SplitConfig()) -> SessionSplits:
-    """Time-based train/validation/test split of a session mart table (columns: interactions,
-    session_start_at)."""
+@dataclass(frozen=True)
+class _SplitRows:
+    order: np.ndarray  # session rows by start
+    starts: np.ndarray
+    n_train: int
+    n_validation: int
+
+
+def _split_rows(sessions: pa.Table, config: SplitConfig) -> _SplitRows:
     if sessions.num_rows == 0:
         raise ValueError("the session mart is empty: nothing to train on (did the load and dbt run?)")
     starts = sessions.column("session_start_at").to_numpy()
     order = np.argsort(starts, kind="stable")
-    sequences = sessions.column("interactions").to_pylist()
-    if config.collapse_repeats:
-        sequences = [collapse_consecutive_repeats(s) for s in sequences]
     n = len(order)
-    n_test = int(round(n * config.test_share))
-    n_validation = int(round(n * config.validation_share))
-    n_train = n - n_test - n_validation
+    if config.test_from is not None:
+        test_from = np.datetime64(config.test_from.astimezone(UTC).replace(tzinfo=None), "us")
+        n_before = int(np.searchsorted(starts[order], test_from.astype(starts.dtype), side="left"))
+        n_test = n - n_before
+    else:
+        n_test = int(round(n * config.test_share))
+        n_before = n - n_test
+    n_validation = int(round(n_before * config.validation_share))
+    n_train = n_before - n_validation
     if n_train <= 0 or n_test <= 0 or n_validation <= 0:
-        raise ValueError(f"{n} sessions are too few for a train/validation/test split")
-    train_rows = order[:n_train]
-    validation_rows = order[n_train : n_train + n_validation]
-    test_rows = order[n_train + n_validation :]
+        where = f"before {config.test_from.isoformat()}" if config.test_from else "in all"
+        raise ValueError(
+            f"{n} sessions ({n_before} {where}) are too few for a train ({n_train}), validation ({n_validation}) "
+            f"and test ({n_test}) split"
+        )
+    return _SplitRows(order, starts, n_train, n_validation)
 
-    counts = Counter(sku for row in train_rows for sku in sequences[row])
-    vocabulary = Vocabulary([sku for sku, _ in counts.most_common()])
 
-    def encoded(rows: np.ndarray, collapse_again: bool) -> list[np.ndarray]:
-        result = []
-        for row in rows:
-            items, _ = vocabulary.encode(sequences[row])
-            if collapse_again and config.collapse_repeats:
-                # removing an unknown item can bring two equal items together
-                items = [item for index, item in enumerate(items) if index == 0 or item != items[index - 1]]
-            if len(items) >= config.min_session_length:
-                result.append(np.asarray(items, dtype=np.int64))
-        return result
+def _splits(
+    sequences: list[list[str]],
+    rows: _SplitRows,
+    train_rows: np.ndarray,
+    validation_rows: np.ndarray,
+    test_rows: np.ndarray,
+    config: SplitConfig,
+) -> SessionSplits:
+    by_popularity = Counter(sku for row in train_rows for sku in sequences[row]).most_common()
+    vocabulary = Vocabulary([sku for sku, _ in by_popularity])
+
+    def encoded(rows: np.ndarray) -> list[np.ndarray]:
+        kept = (vocabulary.encode_keeping_unknown(sequences[row]) for row in rows)
+        return [items for items in kept if len(items) >= config.min_session_length]
 
     train_counts = np.zeros(vocabulary.size_with_padding, dtype=np.int64)
-    for sku, count in counts.items():
-        train_counts[vocabulary.encode([sku])[0][0]] = count
+    train_counts[1:] = [count for _, count in by_popularity]
+    starts = rows.starts
+    first = {"validation_from": validation_rows, "test_from": test_rows}
     return SessionSplits(
         vocabulary=vocabulary,
-        train=encoded(train_rows, collapse_again=False),
-        validation=encoded(validation_rows, collapse_again=True),
-        test=encoded(test_rows, collapse_again=True),
+        train=encoded(train_rows),
+        validation=encoded(validation_rows),
+        test=encoded(test_rows),
         train_counts=train_counts,
         boundaries={
-            "validation_from": str(starts[validation_rows[0]]),
-            "test_from": str(starts[test_rows[0]]),
+            **{name: str(starts[chosen[0]]) for name, chosen in first.items() if len(chosen)},
             "test_to": str(starts[test_rows[-1]]),
         },
     )
+
+
+def _sequences(sessions: pa.Table, config: SplitConfig) -> list[list[str]]:
+    sequences = sessions.column("interactions").to_pylist()
+    return [collapse_consecutive_repeats(s) for s in sequences] if config.collapse_repeats else sequences
+
+
+def prepare_splits(sessions: pa.Table, config: SplitConfig = SplitConfig()) -> SessionSplits:
+    """Time-based train/validation/test split of a session mart table (columns: interactions,
+    session_start_at), with the vocabulary of the training sessions."""
+    rows = _split_rows(sessions, config)
+    order, n_train, n_validation = rows.order, rows.n_train, rows.n_validation
+    return _splits(
+        _sequences(sessions, config),
+        rows,
+        order[:n_train],
+        order[n_train : n_train + n_validation],
+        order[n_train + n_validation :],
+        config,
+    )
+
+
+def refit_splits(sessions: pa.Table, config: SplitConfig = SplitConfig()) -> SessionSplits:
+    """The same split with training and validation together as training (and the vocabulary of both), for the
+    model chosen on validation: its test set is `prepare_splits`'s, and it has no validation set."""
+    rows = _split_rows(sessions, config)
+    before = rows.n_train + rows.n_validation
+    return _splits(_sequences(sessions, config), rows, rows.order[:before], rows.order[:0], rows.order[before:], config)
 
 
 def read_session_mart(warehouse, api_key: str, start_date: str | None = None, end_date: str | None = None) -> pa.Table:

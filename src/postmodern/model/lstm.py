@@ -14,7 +14,7 @@ catalogue (full softmax) or the targets against a shared sample of negatives (sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from postmodern.model.dataset import PADDING_ID
+from postmodern.model.ranker import Ranker, RankerState
 
 
 @dataclass
@@ -37,6 +38,8 @@ class LSTMConfig:
     tied_output: bool = True  # score items with their input embeddings (weight tying) or with their own
     item_transitions: bool = True  # add a learned vector of the latest item itself (see __init__)
     item_pairs: bool = True  # mix in the latest item's transition frequencies in training (see __init__)
+    attention: bool = False  # NARM's read-out: the latest state and an attention-weighted sum of all (see __init__)
+    normalized_scale: float = 0.0  # > 0: NISER's unit-norm item and session vectors, cosines times this scale
 
 
 class LSTMRecommender(nn.Module):
@@ -49,6 +52,19 @@ class LSTMRecommender(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.lstm = nn.LSTM(config.embedding_dim, config.hidden_dim, batch_first=True)
         self.to_item_space = nn.Linear(config.hidden_dim, config.embedding_dim)
+        # NARM's read-out (Li et al. 2017): besides the latest state, the states of the whole prefix weighted by
+        # their relevance to it, v . sigmoid(A1 h_t + A2 h_j), unnormalised as in the paper; each maps into the
+        # item space, where they add up
+        self.attention = None
+        if config.attention:
+            self.attention = nn.ModuleDict(
+                {
+                    "query": nn.Linear(config.hidden_dim, config.hidden_dim, bias=False),
+                    "key": nn.Linear(config.hidden_dim, config.hidden_dim, bias=False),
+                    "energy": nn.Linear(config.hidden_dim, 1, bias=False),
+                    "to_item_space": nn.Linear(config.hidden_dim, config.embedding_dim, bias=False),
+                }
+            )
         self.output_embedding = (
             None if config.tied_output else nn.Embedding(config.n_items, config.embedding_dim, padding_idx=PADDING_ID)
         )
@@ -109,33 +125,54 @@ class LSTMRecommender(nn.Module):
 
     @property
     def output_weight(self) -> torch.Tensor:
-        """[n_items, embedding_dim]: what a query is scored against."""
-        return (self.item_embedding if self.output_embedding is None else self.output_embedding).weight
+        """[n_items, embedding_dim]: what a query is scored against (unit vectors, with `normalized_scale`)."""
+        weight = (self.item_embedding if self.output_embedding is None else self.output_embedding).weight
+        return F.normalize(weight, dim=-1) if self.config.normalized_scale else weight
 
     def states(self, items: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """LSTM outputs [batch, time, hidden] and input embeddings [batch, time, embedding]; packing means no
         LSTM compute is spent on padding."""
-        embedded = self.dropout(self.item_embedding(items))
+        embedded = self.item_embedding(items)
+        if self.config.normalized_scale:
+            embedded = F.normalize(embedded, dim=-1)
+        embedded = self.dropout(embedded)
         packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
         output, _ = self.lstm(packed)
         hidden, _ = pad_packed_sequence(output, batch_first=True, total_length=items.size(1))
         return hidden, embedded
 
-    def queries(self, hidden: torch.Tensor, embedded: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Session states in the item space, where an item's score is a dot product with its embedding."""
+    def queries(
+        self, hidden: torch.Tensor, embedded: torch.Tensor, items: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Session states in the item space, where an item's score is a dot product with its output vector (a
+        cosine times the scale, with `normalized_scale`). `context`: the attention read-out of each state."""
         query = self.to_item_space(self.dropout(hidden))
+        if context is not None:
+            query = query + self.attention["to_item_space"](self.dropout(context))
         if self.item_skip is not None:
             query = query + self.item_skip(embedded)
         if self.item_transition is not None:
             query = query + self.item_transition(items)
+        if self.config.normalized_scale:
+            query = F.normalize(query, dim=-1) * self.config.normalized_scale
         return query
+
+    def attention_context(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[batch, time, hidden]: for every position t, the sum over j <= t of v . sigmoid(A1 h_t + A2 h_j) h_j.
+        Padding comes after a row's last position, so the causal mask also keeps it out."""
+        query, key = self.attention["query"](hidden), self.attention["key"](hidden)
+        energy = self.attention["energy"](torch.sigmoid(query[:, :, None, :] + key[:, None, :, :])).squeeze(-1)
+        width = hidden.size(1)
+        causal = torch.ones(width, width, dtype=torch.bool, device=hidden.device).tril()
+        return energy.masked_fill(~causal, 0.0) @ hidden
 
     def forward(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The session state after every non-padding position, in the item space: [n_positions, embedding_dim],
         session by session. Only these positions reach the output layer."""
         hidden, embedded = self.states(items, lengths)
         real = real_positions(lengths.to(items.device), items.size(1))
-        return self.queries(hidden[real], embedded[real], items[real])
+        context = self.attention_context(hidden)[real] if self.attention is not None else None
+        return self.queries(hidden[real], embedded[real], items[real], context)
 
     def item_logits(self, queries: torch.Tensor) -> torch.Tensor:
         """The LSTM's scores of the whole catalogue: [n, n_items], padding at -inf."""
@@ -228,14 +265,14 @@ def pad_batch(sequences: list[np.ndarray], max_length: int) -> tuple[torch.Tenso
     return torch.from_numpy(items), torch.from_numpy(lengths)
 
 
-class LSTMRanker:
+class LSTMRanker(Ranker):
     """Ranks the next item for session prefixes with a trained LSTMRecommender: the one ranking function
     of evaluation and serving.
 
-    It computes the model's equations (nn.LSTM's gates i, f, g, o, the skip from the latest item, the output
-    layer, the softmax, then the mixture with the latest item's pairs) on a NumPy copy of the weights. At
-    serving sizes, one short session per request, torch's per-operation dispatch costs several times the
-    arithmetic (about 1 ms per request through the torch modules against 0.3 ms here, same rankings: the tests
+    It computes the model's equations (nn.LSTM's gates i, f, g, o, the attention read-out, the skip from the latest
+    item, the output layer, the softmax, then the mixture with the latest item's pairs) on a NumPy copy of the
+    weights. At serving sizes, one short session per request, torch's per-operation dispatch costs several times
+    the arithmetic (about 1 ms per request through the torch modules against 0.3 ms here, same rankings: the tests
     compare the two). Each batch is one pass; the probabilities are the only catalogue-sized array, computed in
     place; top-k is a partial selection (argpartition).
 
@@ -246,16 +283,21 @@ class LSTMRanker:
 
     name = "lstm"
 
-    def __init__(self, model: LSTMRecommender, batch_size: int = 1024):
+    def __init__(self, model: LSTMRecommender, train_counts: np.ndarray):
         def array(tensor: torch.Tensor) -> np.ndarray:
             return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=np.float32)
 
+        super().__init__(train_counts, asdict(model.config))
+        self.model = model
+        config = model.config
         lstm = model.lstm
-        hidden_dim = model.config.hidden_dim
-        self.batch_size = batch_size
-        self.max_length = model.config.max_length
+        hidden_dim = config.hidden_dim
+        self.max_length = config.max_length
         self.hidden_dim = hidden_dim
+        self.scale = config.normalized_scale
         self.item_embedding = array(model.item_embedding.weight)  # [n_items, embedding]
+        if self.scale:
+            self.item_embedding = unit_rows(self.item_embedding)
         # sigmoid(x) = (1 + tanh(x / 2)) / 2: with the columns of gates i, f and o halved, one tanh per step
         # serves all four gates (g, the candidate, is a plain tanh)
         halve = np.full(4 * hidden_dim, 0.5, dtype=np.float32)
@@ -268,6 +310,9 @@ class LSTMRanker:
         self.hidden_weights = array(lstm.weight_hh_l0.T) * halve  # [hidden, 4 * hidden]
         self.to_item_space = array(model.to_item_space.weight.T)  # [hidden, embedding]
         self.to_item_space_bias = array(model.to_item_space.bias)
+        self.attention = None
+        if model.attention is not None:
+            self.attention = {name: array(layer.weight.T) for name, layer in model.attention.items()}
         self.item_skip = None if model.item_skip is None else array(model.item_skip.weight.T)  # [embedding, embedding]
         self.item_skip_bias = None if model.item_skip is None else array(model.item_skip.bias)
         self.item_transition = None if model.item_transition is None else array(model.item_transition.weight)
@@ -278,29 +323,35 @@ class LSTMRanker:
             self.pair_frequencies = array(model.pair_frequencies)
             self.pair_gate = array(model.pair_gate.weight[0])  # [embedding]
             self.pair_gate_bias = float(model.pair_gate.bias.item())
-        tied = model.output_embedding is None
-        output_embedding = self.item_embedding if tied else array(model.output_embedding.weight)
         # The output vectors as columns: OpenBLAS is up to 7 times slower on the transposed view for batches
         # of 2 to 64 rows (and no faster on the others).
-        self.output_columns = np.ascontiguousarray(output_embedding.T)  # [embedding, n_items]
+        self.output_columns = np.ascontiguousarray(array(model.output_weight).T)  # [embedding, n_items]
         self.output_bias = array(model.output_bias)
         self.output_bias[PADDING_ID] = -np.inf
         threadpool_limits(limits=1, user_api="blas")
 
-    def last_hidden(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """[batch, hidden] LSTM state after each row's last item. Rows run longest first, and a row leaves
-        the batch when its items end: no work is spent on padding (as packing does in torch)."""
+    def state(self) -> RankerState:
+        arrays = {name: tensor.detach().cpu().numpy() for name, tensor in self.model.state_dict().items()}
+        return RankerState(self.name, asdict(self.model.config), {"train_counts": self.train_counts, **arrays})
+
+    def lstm_states(self, items: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """[batch, hidden] LSTM state after each row's last item, and with the attention read-out every row's states
+        [batch, time, hidden] (zeros past its end). Rows run longest first, and a row leaves the batch when its
+        items end: no work is spent on padding (as packing does in torch)."""
         h = self.hidden_dim
         if len(items) > 1:
             order = (-lengths).argsort(kind="stable")
             items, lengths = items[order], lengths[order]
         input_gates = self.item_gates[items]  # padding's rows too: a step reads only the rows still going
         last = np.empty((len(items), h), dtype=np.float32)
+        every = np.zeros((len(items), items.shape[1], h), dtype=np.float32) if self.attention is not None else None
         # The first step starts from zero state: no recurrent product, and the cell is just i * g.
         activated = np.tanh(input_gates[:, 0])
         gates = activated * 0.5 + 0.5  # i, f, o as sigmoids (their inputs were halved)
         cell = gates[:, :h] * activated[:, 2 * h : 3 * h]
         hidden = gates[:, 3 * h :] * np.tanh(cell)
+        if every is not None:
+            every[:, 0] = hidden
         going_per_step = (lengths[:, None] > np.arange(1, items.shape[1])).sum(axis=0).tolist()
         for step, going in enumerate(going_per_step, start=1):
             if going < len(hidden):  # rows whose items ended at the previous step
@@ -310,21 +361,42 @@ class LSTMRanker:
             gates = activated * 0.5 + 0.5
             cell = gates[:, h : 2 * h] * cell + gates[:, :h] * activated[:, 2 * h : 3 * h]
             hidden = gates[:, 3 * h :] * np.tanh(cell)
+            if every is not None:
+                every[:going, step] = hidden
         last[: len(hidden)] = hidden
         if len(items) == 1:
-            return last
+            return last, every
         in_given_order = np.empty_like(last)
         in_given_order[order] = last
-        return in_given_order
+        if every is not None:
+            every_in_order = np.empty_like(every)
+            every_in_order[order] = every
+            every = every_in_order
+        return in_given_order, every
 
-    def probabilities(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """[batch, n_items] next-item probabilities after each row's last item; padding is 0."""
-        in_item_space = self.last_hidden(items, lengths) @ self.to_item_space + self.to_item_space_bias
+    def attention_context(self, last: np.ndarray, every: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """[batch, hidden]: the attention read-out of each row's last state over its states (as the torch model)."""
+        attention = self.attention
+        query = last @ attention["query"]
+        activation = every @ attention["key"] + query[:, None, :]
+        energy = (0.5 + 0.5 * np.tanh(0.5 * activation)) @ attention["energy"][:, 0]  # sigmoid, then v
+        energy[np.arange(every.shape[1])[None, :] >= lengths[:, None]] = 0.0
+        return np.einsum("bt,bth->bh", energy, every)
+
+    def probabilities(self, prefixes: list[np.ndarray]) -> np.ndarray:
+        """[batch, n_items] next-item probabilities after each (non-empty) prefix's last item; padding is 0."""
+        items, lengths = padded_items(prefixes, self.max_length)
+        last, every = self.lstm_states(items, lengths)
+        in_item_space = last @ self.to_item_space + self.to_item_space_bias
+        if self.attention is not None:
+            in_item_space += self.attention_context(last, every, lengths) @ self.attention["to_item_space"]
         latest = items[np.arange(len(items)), lengths - 1]
         if self.item_skip is not None:
             in_item_space += self.item_embedding[latest] @ self.item_skip + self.item_skip_bias
         if self.item_transition is not None:
             in_item_space += self.item_transition[latest]
+        if self.scale:
+            in_item_space = unit_rows(in_item_space) * self.scale
         probabilities = in_item_space @ self.output_columns
         probabilities += self.output_bias
         probabilities -= probabilities.max(axis=1, keepdims=True)  # exp cannot overflow
@@ -342,32 +414,7 @@ class LSTMRanker:
                 probabilities[row, self.pair_next[begin:end]] += self.pair_frequencies[begin:end] * gates[row]
         return probabilities
 
-    def rank(
-        self, prefixes: list[np.ndarray] | list[list[int]], k: int, exclude_seen: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k item ids and their probabilities for each prefix: two [n, k] arrays, best first. With
-        `exclude_seen`, the prefix's own items are not ranked, and the probabilities are those of the rest; a row
-        with fewer than k rankable items ends with the padding id 0 (callers drop it)."""
-        items_out, scores_out = [], []
-        for start in range(0, len(prefixes), self.batch_size):
-            items, lengths = padded_items(prefixes[start : start + self.batch_size], self.max_length)
-            probabilities = self.probabilities(items, lengths)
-            probabilities[:, PADDING_ID] = -1.0  # below every item
-            if exclude_seen:
-                np.put_along_axis(probabilities, items, -1.0, axis=1)
-            top_k = min(k, probabilities.shape[1] - 1)
-            rows = np.arange(len(probabilities))[:, None]
-            top_items = probabilities.argpartition(-top_k, axis=1)[:, -top_k:]
-            order = (-probabilities[rows, top_items]).argsort(axis=1, kind="stable")
-            top_items = top_items[rows, order]
-            top_probabilities = probabilities[rows, top_items]
-            if exclude_seen:
-                top_items[top_probabilities < 0] = PADDING_ID
-                top_probabilities = top_probabilities / np.maximum(probabilities, 0.0).sum(axis=1, keepdims=True)
-            items_out.append(top_items)
-            scores_out.append(top_probabilities)
-        if len(items_out) == 1:  # one batch, as when serving
-            return items_out[0], scores_out[0]
-        if not items_out:
-            return np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=np.float32)
-        return np.concatenate(items_out), np.concatenate(scores_out)
+
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """Each row divided by its norm (as torch's F.normalize, rows of zeros stay zeros)."""
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=-1, keepdims=True), 1e-12)

@@ -1,53 +1,53 @@
-"""The hyper-parameter search the flow fans out over: a space of values per knob, candidates drawn from it,
-and the pick of the best by validation MRR@20.
+"""The search the flow fans out over: each family's space of values per hyper-parameter, the candidates drawn from
+it (one task each), and the pick of the best by validation MRR@20.
 
-A knob is any field of `LSTMConfig` (but `n_items`) or `TrainConfig` (but `device`, `seed`, `num_threads`,
-which belong to the run, not to the candidate).
+A cheap family tunes its whole space in one task; a costly one (`Family.tunes_in_one_task` false: the LSTM) trains
+one point per task, `size` points drawn at random (seeded) or taken in grid order.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import fields, replace
 
 import numpy as np
 
-from postmodern.model.lstm import LSTMConfig
-from postmodern.model.train import TrainConfig
+from postmodern.model.families import FAMILIES, family
 
-# Each candidate trains in its own task. These values were the ones worth trying on the generated data
-# (thousands to tens of thousands of items; see bench/bench_model.py): a learning rate decaying by half every
-# epoch beat a constant one, and larger sizes than these only overfitted sooner. A vector per latest item
-# (`item_transitions`, on by default) added 0.007 to validation and test MRR@20 at 200k sessions.
-DEFAULT_SEARCH_SPACE: dict[str, list] = {
-    "embedding_dim": [64, 128],
-    "hidden_dim": [128, 256],
-    "dropout": [0.1, 0.25],
-    "learning_rate": [3e-3, 1e-2],
-    "tied_output": [True, False],
-}
 STRATEGIES = ("random", "grid")
-MODEL_KNOBS = {field.name for field in fields(LSTMConfig)} - {"n_items"}
-TRAIN_KNOBS = {field.name for field in fields(TrainConfig)} - {"device", "seed", "num_threads"}
 
 
 class SearchSpaceError(ValueError):
-    """A search space names an unknown knob or offers no value for one."""
+    """A search space names an unknown family or knob, or offers no value for one."""
 
 
-def search_space(overrides: dict | None = None) -> dict[str, list]:
-    """The default space with `overrides` (knob -> list of values, or one value) replacing its knobs."""
-    space = dict(DEFAULT_SEARCH_SPACE)
+def search_space(family_name: str, overrides: dict | None = None) -> dict[str, list]:
+    """The family's space with `overrides` (knob -> list of values, or one value) replacing its knobs."""
+    chosen = family(family_name)
+    space = dict(chosen.search_space)
     for knob, values in (overrides or {}).items():
-        if knob not in MODEL_KNOBS | TRAIN_KNOBS:
+        if knob not in chosen.knobs:
             raise SearchSpaceError(
-                f"unknown hyper-parameter {knob!r}; searchable: {', '.join(sorted(MODEL_KNOBS | TRAIN_KNOBS))}"
+                f"unknown hyper-parameter {knob!r} of {family_name}; searchable: {', '.join(sorted(chosen.knobs))}"
             )
         values = list(values) if isinstance(values, list | tuple) else [values]
         if not values:
-            raise SearchSpaceError(f"hyper-parameter {knob!r} has no value to try")
+            raise SearchSpaceError(f"hyper-parameter {knob!r} of {family_name} has no value to try")
         space[knob] = values
     return space
+
+
+def overrides_by_family(overrides: dict | None) -> dict[str, dict]:
+    """`--search_space` as {family: {knob: values}}: a key that names a family holds that family's knobs; any other
+    key is a knob of the LSTM (the flow's searched family since the seed)."""
+    nested: dict[str, dict] = {}
+    for key, value in (overrides or {}).items():
+        if key in FAMILIES:
+            if not isinstance(value, dict):
+                raise SearchSpaceError(f"the search space of {key} must be an object of knob -> values")
+            nested.setdefault(key, {}).update(value)
+        else:
+            nested.setdefault("lstm", {})[key] = value
+    return nested
 
 
 def search_candidates(space: dict[str, list], size: int, strategy: str = "random", seed: int = 0) -> list[dict]:
@@ -66,11 +66,28 @@ def search_candidates(space: dict[str, list], size: int, strategy: str = "random
     return [dict(zip(space, point, strict=True)) for point in points]
 
 
-def candidate_configs(candidate: dict, n_items: int, base: TrainConfig) -> tuple[LSTMConfig, TrainConfig]:
-    """The model and training configuration of one candidate: its knobs over the defaults and `base`."""
-    model_knobs = {knob: value for knob, value in candidate.items() if knob in MODEL_KNOBS}
-    train_knobs = {knob: value for knob, value in candidate.items() if knob in TRAIN_KNOBS}
-    return LSTMConfig(n_items, **model_knobs), replace(base, **train_knobs)
+def family_candidates(
+    families: list[str], overrides: dict | None, size: int, strategy: str = "random", seed: int = 0
+) -> list[dict]:
+    """The run's candidates, one task each: {"family": name, "space": {knob: [values]}}. A family that tunes in one
+    task has one candidate holding its whole space; a costly one a candidate per point drawn from its space."""
+    nested = overrides_by_family(overrides)
+    unknown = sorted(set(nested) - set(families))
+    if unknown:
+        raise SearchSpaceError(f"the search space names {', '.join(unknown)}, not among the families trained")
+    candidates = []
+    for name in families:
+        if family(name).trains_on_sessions is False:
+            raise SearchSpaceError(f"{name} is made of other families and is not trained on its own")
+        space = search_space(name, nested.get(name))
+        if family(name).tunes_in_one_task:
+            candidates.append({"family": name, "space": space})
+        else:
+            points = search_candidates(space, size, strategy, seed)
+            candidates += [
+                {"family": name, "space": {knob: [value] for knob, value in point.items()}} for point in points
+            ]
+    return candidates
 
 
 def best_candidate(validation_mrrs: list[float]) -> int:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from postmodern.evaluation.metrics import evaluate_ranker, next_item_cases
+from postmodern.evaluation.metrics import EvaluationCases, evaluate_ranker, next_item_cases
 from postmodern.model.dataset import PADDING_ID, SessionSplits
 from postmodern.model.lstm import (
     LSTMConfig,
@@ -281,8 +281,11 @@ def train_lstm(
     train_config: TrainConfig | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     progress: bool = True,
+    validation: EvaluationCases | None = None,
 ) -> TrainingResult:
-    """Train with early stopping on validation MRR@20; returns the best epoch's weights."""
+    """Train with early stopping on validation MRR@20 (`validation`, else a sample of the splits' validation
+    sessions) and return the best epoch's weights; without validation sessions (a refit on training and validation
+    together), train every epoch and return the last."""
     train_config = train_config or TrainConfig()
     configure_threads(train_config.num_threads)
     seed_everything(train_config.seed)
@@ -291,8 +294,9 @@ def train_lstm(
     optimizer = make_optimizer(model, train_config)
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=train_config.lr_decay)
     windows = TrainingWindows(splits.train, model_config.max_length)
-    validation = next_item_cases(splits.validation, max_cases=train_config.validation_cases, seed=train_config.seed)
-    if len(validation.targets) == 0:
+    if validation is None and splits.validation:
+        validation = next_item_cases(splits.validation, max_cases=train_config.validation_cases, seed=train_config.seed)
+    if validation is not None and len(validation.targets) == 0:
         raise ValueError("the validation split has no next-item case: early stopping needs one")
     rng = np.random.default_rng(train_config.seed)
 
@@ -311,7 +315,11 @@ def train_lstm(
             total_positions += positions
         schedule.step()
         train_seconds = time.perf_counter() - epoch_started
-        metrics = evaluate_ranker(LSTMRanker(model), validation, k=20)
+        metrics = (
+            evaluate_ranker(LSTMRanker(model, splits.train_counts), validation, k=20)
+            if validation is not None
+            else {"mrr@20": math.nan, "hr@20": math.nan}
+        )
         record = EpochRecord(
             epoch=epoch,
             train_loss=total_loss / max(total_positions, 1),
@@ -328,12 +336,13 @@ def train_lstm(
         )
         if on_epoch:
             on_epoch(record)
-        if record.validation_mrr > best_mrr:
+        if validation is None or record.validation_mrr > best_mrr:
             best_mrr, best_epoch, stale = record.validation_mrr, epoch, 0
             best_state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
         else:
             stale += 1
             if stale >= train_config.patience:
                 break
-    model.load_state_dict(best_state)
+    if best_state is not None:  # none with epochs=0: the model as initialised (its costs, not its quality)
+        model.load_state_dict(best_state)
     return TrainingResult(model.cpu().eval(), history, best_epoch, time.perf_counter() - started)

@@ -80,6 +80,7 @@ class ScoredSku(BaseModel):
 
 class InvocationResponse(BaseModel):
     model_version: str = Field(description="The model that ranked this response.")
+    model_family: str = Field(description="Its family: lstm, cooccurrence, vsknn, blend, popularity...")
     recommendations: list[list[ScoredSku]] = Field(description="For each session, the top-k SKUs, best first.")
     unknown_skus: list[list[str]] = Field(description="SKUs of each session that the model does not know.")
     fallback: list[bool] = Field(description="True where no SKU was known and popular items were returned.")
@@ -87,6 +88,7 @@ class InvocationResponse(BaseModel):
 
 class RecommendResponse(BaseModel):
     model_version: str
+    model_family: str
     recommendations: list[ScoredSku]
     unknown_skus: list[str]
     fallback: bool
@@ -95,6 +97,7 @@ class RecommendResponse(BaseModel):
 class Health(BaseModel):
     status: str
     model_version: str | None = None
+    model_family: str | None = None
 
 
 class Reloaded(BaseModel):
@@ -302,6 +305,7 @@ def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig
         results = await rank(recommender, body.sessions, body.k, body.exclude_seen)
         payload = {
             "model_version": recommender.version,
+            "model_family": recommender.family,
             "recommendations": [scored(r.items) for r in results],
             "unknown_skus": [r.unknown_skus for r in results],
             "fallback": [r.fallback for r in results],
@@ -333,14 +337,16 @@ def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig
     )
 
     def health() -> Health:
-        return Health(status="ready", model_version=ready_recommender().version)
+        recommender = ready_recommender()
+        return Health(status="ready", model_version=recommender.version, model_family=recommender.family)
 
     app.get("/ping", summary="SageMaker's health check: ready to rank", responses=not_ready)(health)
     app.get("/health/ready", summary="Readiness: a model is loaded", responses=not_ready)(health)
 
     @app.get("/health/live", summary="Liveness: the process answers, with or without a model")
     def live() -> Health:
-        return Health(status="alive", model_version=served.version)
+        recommender = served.recommender
+        return Health(status="alive", model_version=served.version, model_family=recommender and recommender.family)
 
     @app.get(
         "/recommend",
@@ -371,6 +377,7 @@ def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig
         (result,) = await rank(recommender, [skus], k, exclude_seen)
         payload = {
             "model_version": recommender.version,
+            "model_family": recommender.family,
             "recommendations": scored(result.items),
             "unknown_skus": result.unknown_skus,
             "fallback": result.fallback,

@@ -33,7 +33,7 @@ class ServingMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.model = Info("postmodern_model", "The model version being served.", registry=self.registry)
+        self.model = Info("postmodern_model", "The model version being served, and its family.", registry=self.registry)
         self.ready = Gauge("postmodern_ready", "1 while a model is loaded and served.", registry=self.registry)
         self.reloads = Counter(
             "postmodern_model_reloads", "Attempts to load a model, by outcome.", ["outcome"], registry=self.registry
@@ -49,10 +49,10 @@ class ServingMetrics:
         self._ranked_by_model = self.sessions.labels("model")
         self._ranked_by_fallback = self.sessions.labels("fallback")
 
-    def record_reload(self, outcome: str, version: str | None) -> None:
+    def record_reload(self, outcome: str, version: str | None, family: str | None = None) -> None:
         self.reloads.labels(outcome).inc()
         if version is not None:
-            self.model.info({"version": version})
+            self.model.info({"version": version, "family": family or "unknown"})
             self.ready.set(1)
 
     def record_sessions(self, ranked_by_model: int, fallbacks: int, unknown_skus: int) -> None:

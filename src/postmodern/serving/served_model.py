@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 
 
 class ServedModel:
-    def __init__(self, source: ModelSource, on_reload: Callable[[str, str | None], None] = lambda *_: None):
-        """`on_reload(outcome, version)` hears of every load attempt: outcome "loaded" or "failed"."""
+    def __init__(self, source: ModelSource, on_reload: Callable[[str, str | None, str | None], None] = lambda *_: None):
+        """`on_reload(outcome, version, family)` hears of every load attempt: outcome "loaded" or "failed"."""
         self.source = source
         self.recommender: SessionRecommender | None = None
         self.last_error: str | None = None
@@ -46,11 +46,11 @@ class ServedModel:
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
                 message = first_line if isinstance(error, BundleError) else f"{type(error).__name__}: {first_line}"
                 self.last_error = f"cannot load the model from {directory or self.source}: {message}"
-                self._on_reload("failed", None)
+                self._on_reload("failed", None, None)
                 raise BundleError(self.last_error) from error
             self.recommender = recommender
             self.last_error = None
-            self._on_reload("loaded", recommender.version)
+            self._on_reload("loaded", recommender.version, recommender.family)
             log.info("serving model %s from %s", recommender.version, directory)
             return True
 

@@ -1,0 +1,87 @@
+"""Co-occurrence: item-to-item counts within training sessions (pairs up to `window` positions apart, weighted
+1/distance, optionally only in reading order as in sequential rules), each row normalised into P(next | item); a
+prefix scores items by the rows of its items, the latest weighted most (`div`: the item k steps back weighs 1/k),
+or by the latest item's row alone (`last`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from postmodern.model.dataset import SessionSplits
+from postmodern.model.families.base import Family, FitContext
+from postmodern.model.ranker import Ranker, RankerState
+from postmodern.model.sparse import SparseRanker, csr_arrays, csr_from_arrays, prefix_positions
+
+WEIGHTINGS = ("last", "div")
+
+
+class CooccurrenceRanker(SparseRanker):
+    """Session-aware co-occurrence: every item of the prefix votes with its row of `transitions`."""
+
+    name = "cooccurrence"
+
+    def __init__(self, transitions: sp.csr_matrix, train_counts: np.ndarray, params: dict):
+        super().__init__(train_counts, params)
+        if params["weighting"] not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, not {params['weighting']!r}")
+        self.transitions = transitions.tocsr()
+
+    @classmethod
+    def from_sessions(
+        cls,
+        sessions: list[np.ndarray],
+        train_counts: np.ndarray,
+        window: int = 3,
+        directed: bool = True,
+        weighting: str = "div",
+    ) -> CooccurrenceRanker:
+        params = {"window": window, "directed": directed, "weighting": weighting}
+        return cls(cooccurrence_matrix(sessions, len(train_counts), window, directed), train_counts, params)
+
+    def score_chunk(self, prefixes: list[np.ndarray]) -> sp.csr_matrix:
+        rows, items, positions, lengths = prefix_positions(prefixes)
+        steps_back = lengths - positions + 1  # 1 for the latest item
+        if self.params["weighting"] == "last":
+            latest = steps_back == 1
+            rows, items, steps_back = rows[latest], items[latest], steps_back[latest]
+        query = sp.csr_matrix((1.0 / steps_back, (rows, items)), shape=(len(prefixes), self.n_items))
+        return query @ self.transitions
+
+    def state(self) -> RankerState:
+        arrays = {"train_counts": self.train_counts, **csr_arrays(self.transitions, "transitions")}
+        return RankerState(self.name, self.params, arrays)
+
+
+def cooccurrence_matrix(sessions: list[np.ndarray], n_items: int, window: int, directed: bool) -> sp.csr_matrix:
+    """Row-normalised [n_items, n_items] counts of b following a (or, undirected, near a) within `window`
+    positions in a training session, each pair weighted 1/distance."""
+    flat = np.concatenate(sessions).astype(np.int64) if sessions else np.empty(0, dtype=np.int64)
+    session_of = np.repeat(np.arange(len(sessions)), [len(session) for session in sessions])
+    sources, targets, weights = [], [], []
+    for distance in range(1, window + 1):
+        same_session = session_of[:-distance] == session_of[distance:]
+        before, after = flat[:-distance][same_session], flat[distance:][same_session]
+        pairs = [(before, after), (after, before)] if not directed else [(before, after)]
+        for source, target in pairs:
+            sources.append(source)
+            targets.append(target)
+            weights.append(np.full(len(source), 1.0 / distance))
+    counts = sp.csr_matrix(
+        (np.concatenate(weights), (np.concatenate(sources), np.concatenate(targets))), shape=(n_items, n_items)
+    )
+    row_sums = np.asarray(counts.sum(axis=1)).ravel()
+    return (sp.diags(1.0 / np.where(row_sums > 0, row_sums, 1.0)) @ counts).tocsr()
+
+
+class Cooccurrence(Family):
+    name = "cooccurrence"
+    search_space = {"window": [1, 3, 5], "directed": [True, False], "weighting": ["last", "div"]}
+
+    def build(self, splits: SessionSplits, params: dict, context: FitContext) -> tuple[Ranker, dict]:
+        return CooccurrenceRanker.from_sessions(splits.train, splits.train_counts, **params), {}
+
+    def from_state(self, state: RankerState) -> Ranker:
+        return CooccurrenceRanker(
+            csr_from_arrays(state.arrays, "transitions"), state.arrays["train_counts"], state.config
+        )

@@ -1,0 +1,186 @@
+"""Every model family behind one interface: fitted on validation, saved and loaded as a bundle, served as SKUs,
+blended, chosen as the champion and refit, the same way for each."""
+
+import numpy as np
+import pytest
+from conftest import SUITE_ITEMS, cyclic_sessions
+
+from postmodern.evaluation.metrics import evaluate_ranker, next_item_cases
+from postmodern.model.bundle import ModelBundle, SessionRecommender, make_bundle
+from postmodern.model.champion import BLEND_MIN_SHARE, blend_part_sets, refit_finalists, select_champion
+from postmodern.model.dataset import PADDING_ID, SessionSplits, Vocabulary
+from postmodern.model.families import FAMILIES, FitContext, Fitted, family, ranker_from_state
+from postmodern.model.families.blend import Blend, BlendRanker, simplex_grid
+from postmodern.model.ranker import Ranker, RankerState
+
+N_ITEMS = SUITE_ITEMS
+TINY_LSTM = {"embedding_dim": [8], "hidden_dim": [16], "dropout": [0.0], "max_length": [5], "learning_rate": [0.01]}
+
+
+@pytest.fixture(scope="module")
+def splits():
+    rng = np.random.default_rng(0)
+    train, validation, test = (cyclic_sessions(n, rng, longest=6) for n in (300, 40, 40))
+    counts = np.bincount(np.concatenate(train), minlength=N_ITEMS + 1)
+    return SessionSplits(Vocabulary([f"sku{i}" for i in range(1, N_ITEMS + 1)]), train, validation, test, counts, {})
+
+
+@pytest.fixture(scope="module")
+def fits(splits):
+    """Every family that trains on sessions, fitted on its (small) space, and the best blend of them."""
+    context = FitContext.for_splits(splits, epochs=3, progress=False)
+    spaces = {"cooccurrence": {"window": [1, 2], "directed": [True], "weighting": ["last"]}, "lstm": TINY_LSTM}
+    fitted = {
+        name: family(name).fit(splits, spaces.get(name, family(name).search_space), context)
+        for name in ("popularity", "cooccurrence", "vsknn", "lstm")
+    }
+    fitted["blend"] = Blend().fit_parts([fitted["lstm"], fitted["vsknn"]], splits, context)
+    return fitted
+
+
+def test_the_registry_names_every_family_once():
+    assert list(FAMILIES) == ["popularity", "cooccurrence", "vsknn", "lstm", "blend"]
+    assert all(FAMILIES[name].name == name for name in FAMILIES)
+    with pytest.raises(ValueError, match="unknown model family 'gru4rec'; known: popularity"):
+        family("gru4rec")
+
+
+def test_every_family_is_fitted_on_validation_and_learns_the_order(fits, splits):
+    cases = next_item_cases(splits.test)
+    mrr = {name: evaluate_ranker(fit.ranker, cases)["mrr@20"] for name, fit in fits.items()}
+    assert mrr["popularity"] < 0.3 and all(mrr[name] > 0.5 for name in ("cooccurrence", "vsknn", "lstm", "blend"))
+    for name, fit in fits.items():
+        assert fit.family == name == fit.ranker.name
+        assert fit.validation_mrr == pytest.approx(max(trial["validation_mrr"] for trial in fit.trials))
+        assert 0 <= fit.validation["hr@20"] <= 1 and fit.seconds >= 0
+    assert len(fits["cooccurrence"].trials) == 2 and fits["cooccurrence"].params["window"] in (1, 2)
+    assert 1 <= fits["lstm"].params["epochs"] <= 3 and len(fits["lstm"].history) >= fits["lstm"].params["epochs"]
+
+
+@pytest.mark.parametrize("name", ["popularity", "cooccurrence", "vsknn", "lstm", "blend"])
+def test_probabilities_are_distributions_and_rank_follows_them(fits, name):
+    ranker = fits[name].ranker
+    prefixes = [np.array([3, 4]), np.array([7]), np.array([1, 2, 3, 4, 5, 6, 7])]
+    probabilities = ranker.probabilities(prefixes)
+    assert probabilities.shape == (3, N_ITEMS + 1) and (probabilities >= 0).all()
+    assert (probabilities[:, PADDING_ID] == 0).all() and (probabilities.sum(axis=1) <= 1 + 1e-5).all()
+    items, scores = ranker.rank(prefixes, k=5)
+    np.testing.assert_allclose(np.take_along_axis(probabilities, items, axis=1), scores, rtol=1e-4, atol=1e-7)
+    assert (np.diff(scores, axis=1) <= 1e-7).all()  # best first
+    unseen, _ = ranker.rank(prefixes, k=5, exclude_seen=True)
+    assert not any(set(row) & set(prefix.tolist()) for row, prefix in zip(unseen.tolist(), prefixes, strict=True))
+
+
+@pytest.mark.parametrize("name", ["popularity", "cooccurrence", "vsknn", "lstm", "blend"])
+def test_every_family_round_trips_through_a_bundle_and_serves_skus(fits, splits, name, tmp_path):
+    ranker = fits[name].ranker
+    directory = make_bundle(ranker, splits.vocabulary, {"model_version": f"{name}-1"}).save(tmp_path / name)
+    assert (directory / "model" / "config.json").exists()
+    loaded = ModelBundle.load(directory)
+    assert loaded.family == name and loaded.metadata["family"] == name and loaded.version == f"{name}-1"
+    again = ranker_from_state(RankerState.load(directory / "model"))
+    prefixes = [np.array([3, 4]), np.array([9]), np.array([], dtype=np.int64)]
+    expected_items, expected_scores = ranker.rank(prefixes, k=6)
+    items, scores = again.rank(prefixes, k=6)
+    np.testing.assert_array_equal(items, expected_items)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-6)
+    recommender = SessionRecommender(loaded)
+    assert recommender.family == name
+    first, unknown = recommender.recommend([["sku3", "nope", "sku4"], ["nope"]], k=6)
+    assert [sku for sku, _ in first.items] == splits.vocabulary.decode(expected_items[0])
+    assert first.unknown_skus == ["nope"] and unknown.fallback and not first.fallback
+    (unseen,) = recommender.recommend([["sku3", "sku4"]], k=6, exclude_seen=True)
+    assert not {"sku3", "sku4"} & {sku for sku, _ in unseen.items} and len(unseen.items) == 6
+
+
+class KnowsRule(Ranker):
+    """Certain of item + 1 after an item of the given parity, uniform otherwise: half the truth each."""
+
+    name = "rule"
+
+    def __init__(self, train_counts, parity):
+        super().__init__(train_counts)
+        self.parity = parity
+
+    def probabilities(self, prefixes):
+        probabilities = np.full((len(prefixes), self.n_items), 1.0 / (self.n_items - 1), dtype=np.float32)
+        probabilities[:, PADDING_ID] = 0
+        for row, prefix in enumerate(prefixes):
+            if prefix[-1] % 2 == self.parity:
+                probabilities[row] = 0
+                probabilities[row, prefix[-1] % N_ITEMS + 1] = 1
+        return probabilities
+
+    def state(self):
+        return RankerState(self.name, {}, {})
+
+
+def test_a_blend_of_two_families_that_know_different_halves_beats_both(splits):
+    context = FitContext.for_splits(splits)
+    parts = []
+    for parity in (0, 1):
+        ranker = KnowsRule(splits.train_counts, parity)
+        parts.append(Fitted(f"rule{parity}", ranker, {}, evaluate_ranker(ranker, context.validation)))
+    blend = Blend().fit_parts(parts, splits, context)
+    assert blend.validation_mrr == 1.0 > max(part.validation_mrr for part in parts)
+    assert blend.params["parts"] == ["rule", "rule"] and sum(blend.params["weights"]) == pytest.approx(1.0)
+    assert len(blend.trials) == len(simplex_grid(2)) == 9
+    assert simplex_grid(3).shape == (36, 3) and np.allclose(simplex_grid(3).sum(axis=1), 1)
+
+
+def test_the_champion_is_the_best_on_validation_and_blends_mix_only_families_worth_mixing(fits, splits):
+    best = {name: fit for name, fit in fits.items() if name != "blend"}
+    sets = blend_part_sets(best)
+    assert ("popularity", "lstm") not in sets  # far below the best: not worth a blend
+    top = max(fit.validation_mrr for fit in best.values())
+    eligible = [name for name, fit in best.items() if fit.validation_mrr >= BLEND_MIN_SHARE * top]
+    assert sets[-1] == tuple(eligible) if len(eligible) > 2 else len(sets) == 1
+    selection = select_champion(list(best.values()), splits, FitContext.for_splits(splits))
+    ranking = selection.ranking()
+    assert selection.champion == ranking[0].family and "blend" in selection.finalists
+    assert len(selection.blends_tried) == len(sets)
+    runner_up, lead = selection.margin()
+    assert runner_up == ranking[1].family and lead == pytest.approx(
+        ranking[0].validation_mrr - ranking[1].validation_mrr
+    )
+    without = select_champion(list(best.values()), splits, FitContext.for_splits(splits), blends=False)
+    assert "blend" not in without.finalists and without.blends_tried == []
+
+
+def test_a_baseline_is_the_champion_where_the_lstm_cannot_win(splits):
+    """One epoch of a tiny LSTM, without the pairs' counts, at a learning rate too small to learn: co-occurrence
+    wins on validation."""
+    context = FitContext.for_splits(splits, epochs=1, progress=False)
+    weak = family("lstm").fit(splits, {**TINY_LSTM, "learning_rate": [1e-6], "item_pairs": [False]}, context)
+    cooccurrence = family("cooccurrence").fit(splits, {"window": [1]}, context)
+    selection = select_champion([weak, cooccurrence], splits, context, blends=False)
+    assert selection.champion == "cooccurrence" and selection.margin()[0] == "lstm"
+
+
+def test_refit_learns_the_validation_sessions_too(fits, splits):
+    only_in_validation = np.array([N_ITEMS, N_ITEMS - 1])  # a transition no training session has
+    refit_splits = SessionSplits(
+        splits.vocabulary,
+        [*splits.train, *splits.validation, only_in_validation],
+        [],
+        splits.test,
+        splits.train_counts,
+        {},
+    )
+    selection = select_champion(list(fits.values()), splits, FitContext.for_splits(splits))
+    refitted = refit_finalists(selection, refit_splits, FitContext(validation=None, epochs=3, progress=False))
+    assert set(refitted) == set(selection.finalists)
+    cooccurrence = refitted["cooccurrence"]
+    assert cooccurrence.params == fits["cooccurrence"].params
+    assert (
+        cooccurrence.transitions[N_ITEMS, N_ITEMS - 1]
+        > 0
+        == fits["cooccurrence"].ranker.transitions[N_ITEMS, N_ITEMS - 1]
+    )
+    blend = refitted["blend"]
+    assert (
+        isinstance(blend, BlendRanker)
+        and [part.name for part in blend.parts] == selection.finalists["blend"].params["parts"]
+    )
+    assert all(part is refitted[part.name] for part in blend.parts)  # made of the refit families
+    assert blend.weights == selection.finalists["blend"].params["weights"]
