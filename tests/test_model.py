@@ -226,7 +226,9 @@ def write_bundle_of_format(
 
 def test_a_bundle_from_before_the_item_skip_and_pairs_loads_as_it_was_trained(trained, tmp_path):
     splits, _ = trained
-    old_config = LSTMConfig(n_items=N_ITEMS + 1, embedding_dim=8, hidden_dim=8, item_skip=False, item_pairs=False)
+    old_config = LSTMConfig(
+        n_items=N_ITEMS + 1, embedding_dim=8, hidden_dim=8, item_skip=False, item_pairs=False, attention=False
+    )
     model = LSTMRecommender(old_config)
     assert not any(name.startswith(("item_skip", "pair_")) for name in model.state_dict())
     config = asdict(old_config)

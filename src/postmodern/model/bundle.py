@@ -32,7 +32,14 @@ BUNDLE_FORMAT_VERSION = 4
 READABLE_FORMAT_VERSIONS = (1, 2, 3, 4)
 MODEL_DIR = "model"
 # what an LSTM bundle written before a config field existed meant by leaving it out
-CONFIG_BEFORE_FIELDS = {"item_skip": False, "tied_output": True, "item_transitions": False, "item_pairs": False}
+CONFIG_BEFORE_FIELDS = {
+    "item_skip": False,
+    "tied_output": True,
+    "item_transitions": False,
+    "item_pairs": False,
+    "attention": False,
+    "normalized_scale": 0.0,
+}
 FALLBACK_SIZE = 200
 
 

@@ -38,7 +38,7 @@ class LSTMConfig:
     tied_output: bool = True  # score items with their input embeddings (weight tying) or with their own
     item_transitions: bool = True  # add a learned vector of the latest item itself (see __init__)
     item_pairs: bool = True  # mix in the latest item's transition frequencies in training (see __init__)
-    attention: bool = False  # NARM's read-out: the latest state and an attention-weighted sum of all (see __init__)
+    attention: bool = True  # NARM's read-out: the latest state and an attention-weighted sum of all (see __init__)
     normalized_scale: float = 0.0  # > 0: NISER's unit-norm item and session vectors, cosines times this scale
 
 

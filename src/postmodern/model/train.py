@@ -285,7 +285,7 @@ def train_lstm(
 ) -> TrainingResult:
     """Train with early stopping on validation MRR@20 (`validation`, else a sample of the splits' validation
     sessions) and return the best epoch's weights; without validation sessions (a refit on training and validation
-    together), train every epoch and return the last."""
+    together), train every epoch and return the last. With `progress`, a bar per epoch and a line after it."""
     train_config = train_config or TrainConfig()
     configure_threads(train_config.num_threads)
     seed_everything(train_config.seed)
@@ -329,11 +329,12 @@ def train_lstm(
             examples_per_second=windows.n_examples / train_seconds if train_seconds else 0.0,
         )
         history.append(record)
-        print(
-            f"epoch {epoch}: loss {record.train_loss:.4f}, validation MRR@20 {record.validation_mrr:.4f} "
-            f"HR@20 {record.validation_hr:.4f} ({record.seconds:.1f} s, {record.examples_per_second:,.0f} ex/s)",
-            flush=True,
-        )
+        if progress:
+            print(
+                f"epoch {epoch}: loss {record.train_loss:.4f}, validation MRR@20 {record.validation_mrr:.4f} "
+                f"HR@20 {record.validation_hr:.4f} ({record.seconds:.1f} s, {record.examples_per_second:,.0f} ex/s)",
+                flush=True,
+            )
         if on_epoch:
             on_epoch(record)
         if validation is None or record.validation_mrr > best_mrr:
