@@ -1,6 +1,7 @@
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,16 +195,107 @@ def test_loading_the_same_source_twice_is_refused_unless_forced(tmp_path, tiny_d
     assert len(rows(settings, "loads")) == 2
 
 
-def test_fingerprint_follows_content_not_location(tmp_path, tiny_data):
+def test_fingerprint_is_every_byte_of_the_content_and_not_the_name(tmp_path, tiny_data):
+    original = fingerprint([tiny_data / "browsing_train.csv"])
     copy = tmp_path / "copy.csv"
     copy.write_bytes((tiny_data / "browsing_train.csv").read_bytes())
-    original = fingerprint([tiny_data / "browsing_train.csv"])
-    assert fingerprint([copy]) != original  # the name is part of it
-    same_name = tmp_path / "browsing_train.csv"
-    same_name.write_bytes(copy.read_bytes())
-    assert fingerprint([same_name]) == original
-    same_name.write_bytes(copy.read_bytes().replace(b"pageview", b"pageviex", 1))
-    assert fingerprint([same_name]) != original
+    assert fingerprint([copy]) == original
+    copy.write_bytes(copy.read_bytes().replace(b"pageview", b"pageviex", 1))
+    assert fingerprint([copy]) != original
+    # the same bytes split differently between the files are another source
+    head, tail = tmp_path / "head.csv", tmp_path / "tail.csv"
+    head.write_bytes(b"ab")
+    tail.write_bytes(b"c")
+    other_head, other_tail = tmp_path / "other_head.csv", tmp_path / "other_tail.csv"
+    other_head.write_bytes(b"a")
+    other_tail.write_bytes(b"bc")
+    assert fingerprint([head, tail]) != fingerprint([other_head, other_tail])
+
+
+def test_a_file_of_the_same_name_and_size_that_differs_in_one_byte_is_a_new_load(tmp_path):
+    """Fixed-width ids make equal sizes likely: one session id changed at 1/32 of a 4 MB file is new data."""
+    lines = [HEADER.strip()] + [f"s{i:06d},pageview,,,{1_550_000_000_000 + i},u{i:06d}" for i in range(110_000)]
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second):
+        folder.mkdir()
+    content = "\n".join(lines) + "\n"
+    (first / "browsing_train.csv").write_text(content)
+    position = len(content) // 32
+    position = content.index("\ns", position) + 2  # the first digit of a session id
+    changed = content[:position] + ("9" if content[position] != "9" else "8") + content[position + 1 :]
+    (second / "browsing_train.csv").write_text(changed)
+    assert (first / "browsing_train.csv").stat().st_size == (second / "browsing_train.csv").stat().st_size > 4e6
+    settings = make_settings(tmp_path)
+    warehouse = connect(settings)
+    try:
+        loads = [load_source(warehouse, settings, folder, progress=False) for folder in (first, second)]
+        with pytest.raises(LoadError, match="already loaded"):
+            load_source(warehouse, settings, second, progress=False)
+    finally:
+        warehouse.close()
+    assert [summary.events for summary in loads] == [110_000, 110_000]
+
+
+# NUL, a C1 control, a zero-width space, a right-to-left override, a line separator
+BAD_IDS = ["s\x00x", "s\x85x", "s\u200bx", "s\u202ex", "s\u2028x"]
+
+
+COVEO_GOOD = "s1,event_product,detail,sku1,1550000001000,u1"
+PLAIN = ("plain", "sessions.csv", "session_id,item_id,timestamp\n", "a,i1,1500000000")
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "header", "good", "bad"),
+    [
+        ("coveo", "browsing_train.csv", HEADER, COVEO_GOOD, "{},pageview,,,1550000002000,u2"),
+        ("coveo", "browsing_train.csv", HEADER, COVEO_GOOD, "s2,event_product,detail,{},1550000002000,u2"),
+        ("coveo", "browsing_train.csv", HEADER, COVEO_GOOD, "s2,pageview,,,1550000002000,{}"),
+        (*PLAIN, "{},i2,1500000060"),
+        (*PLAIN, "a,{},1500000060"),
+        (
+            "diginetica",
+            "train-item-views.csv",
+            "sessionId;userId;itemId;timeframe;eventdate\n",
+            "1;NA;81766;526309;2016-05-09",
+            "2;NA;{};526309;2016-05-09",
+        ),
+        (
+            "yoochoose",
+            "yoochoose-clicks.dat",
+            "",
+            "1,2014-04-07T10:51:09.277Z,214536502,0",
+            "{},2014-04-07T10:54:09Z,1,0",
+        ),
+        (
+            "retailrocket",
+            "events.csv",
+            "timestamp,visitorid,event,itemid,transactionid\n",
+            "1433221332117,257597,view,355908,",
+            "1433224214164,992329,view,{},",
+        ),
+    ],
+)
+def test_control_characters_in_ids_are_quarantined_by_every_reader(tmp_path, kind, name, header, good, bad):
+    for index, bad_id in enumerate(BAD_IDS):
+        folder = tmp_path / str(index)
+        folder.mkdir()
+        source = folder / name
+        source.write_bytes((header + good + "\n" + bad.format(bad_id) + "\n").encode())
+        settings, summary = load(folder, folder if kind == "coveo" else source, kind)
+        assert summary.events == 1, repr(bad_id)
+        assert summary.quarantined == {"control character in identifier": 1}, repr(bad_id)
+        (quarantined,) = rows(settings, "quarantine")
+        assert bad_id in quarantined["raw_line"]
+
+
+def test_a_catalogue_sku_with_a_control_character_is_quarantined(tmp_path):
+    shutil.copytree(FIXTURES / "coveo_bad", tmp_path / "coveo")
+    catalogue = tmp_path / "coveo" / "sku_to_content.csv"
+    catalogue.write_bytes(catalogue.read_bytes() + b"sku\x007,,c1,,2\n")
+    settings, summary = load(tmp_path, tmp_path / "coveo")
+    assert summary.quarantined["control character in identifier"] == 1
+    assert summary.quarantined["catalogue row without SKU"] == 1
+    assert sorted(row["product_sku_hash"] for row in rows(settings, "catalog")) == ["sku1", "sku2"]
 
 
 def test_missing_or_malformed_sources_are_clear_errors(tmp_path):

@@ -14,7 +14,9 @@ from postmodern.serving.app import DirectRoute, ServingConfig, create_app
 from postmodern.serving.registry import ModelSource
 
 SKUS = [f"sku{i}" for i in range(1, 21)]
-LIMITS = ServingConfig(max_k=15, max_sessions=4, max_session_length=30, max_body_bytes=2_000, reload_seconds=0)
+LIMITS = ServingConfig(
+    max_k=15, max_sessions=4, max_session_length=30, max_body_bytes=2_000, max_sku_length=64, reload_seconds=0
+)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +128,7 @@ def test_get_recommend_reads_one_session_from_the_query(client):
         (b'{"sessions": [["sku1"]], "k": 16}', 422, "less than or equal to 15"),
         (b'{"sessions": [["a"], ["b"], ["c"], ["d"], ["e"]]}', 422, "at most 4 items"),
         (json.dumps({"sessions": [["sku1"] * 31]}).encode(), 422, "at most 30 items"),
+        (json.dumps({"sessions": [["sku1", "x" * 65]]}).encode(), 422, "at most 64 characters"),
         (json.dumps({"sessions": [["x" * 2_000]]}).encode(), 413, "limit is 2,000"),
         (b"[" * 2_001, 413, "limit is 2,000"),
     ],
@@ -134,6 +137,23 @@ def test_bad_bodies_get_a_clear_4xx(client, body, status, message):
     response = post(client, body)
     assert response.status_code == status, response.text
     assert message in response.text
+
+
+def test_an_overlong_sku_is_refused_without_echoing_it(client):
+    sku = "x" * 65 + "END"
+    response = post(client, {"sessions": [["sku1"], ["sku2", sku]]})
+    assert response.status_code == 422 and "END" not in response.text
+    (problem,) = response.json()["detail"]
+    assert problem["loc"] == ["body", "sessions", 1, 1] and problem["type"] == "string_too_long"
+    assert problem["msg"] == "String should have at most 64 characters"
+    query = client.get("/recommend", params={"session": f"sku1,{sku}"})
+    assert query.status_code == 422 and "END" not in query.text
+    assert "a SKU has at most 64 characters, not 68" in query.text
+
+
+def test_an_unknown_sku_is_reported_once_however_often_it_is_sent(client):
+    body = post(client, {"sessions": [["nope", "sku2", "nope", "other", "nope"]], "k": 3}).json()
+    assert body["unknown_skus"] == [["nope", "other"]]
 
 
 def test_input_errors_say_where_the_problem_is(client):
@@ -178,6 +198,7 @@ def test_openapi_documents_the_routes_and_the_limits(client):
     assert set(schema["properties"]) == {"sessions", "k", "exclude_seen"}
     assert schema["properties"]["k"]["maximum"] == 15 and schema["properties"]["sessions"]["maxItems"] == 4
     assert schema["properties"]["sessions"]["items"]["maxItems"] == 30
+    assert schema["properties"]["sessions"]["items"]["items"]["maxLength"] == 64
     assert {"200", "413", "422", "503"} <= set(spec["paths"]["/invocations"]["post"]["responses"])
 
 

@@ -15,6 +15,10 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The longest field a load accepts and the longest SKU a request may send: ids are hashes or codes, and one
+# longer than this is garbage (or an attack), not a product.
+MAX_FIELD_LENGTH = 4096
+
 
 class ConfigError(ValueError):
     """A setting needed by the chosen path is missing or invalid."""
@@ -89,6 +93,7 @@ class Settings(BaseSettings):
     serving_max_sessions: int = Field(default=256, ge=1)  # sessions in one request
     serving_max_session_length: int = Field(default=500, ge=1)  # SKUs in one session
     serving_max_body_bytes: int = Field(default=1_048_576, ge=1)
+    serving_max_sku_length: int = Field(default=MAX_FIELD_LENGTH, ge=1)  # characters in one SKU
     serving_reload_seconds: float = Field(default=2.0, ge=0)  # how often to look for a new bundle; 0: never
 
     @model_validator(mode="after")

@@ -72,7 +72,8 @@ class Vocabulary:
         return len(self.skus) + 1
 
     def encode(self, skus: list[str]) -> tuple[list[int], list[str]]:
-        """Known item ids in order, and the SKUs that are not in the vocabulary."""
+        """Known item ids in order, and the SKUs that are not in the vocabulary (each once: a client sending one
+        unknown SKU many times needs to hear of it once)."""
         known, unknown = [], []
         for sku in skus:
             item = self._ids.get(sku)
@@ -80,7 +81,7 @@ class Vocabulary:
                 unknown.append(sku)
             else:
                 known.append(item)
-        return known, unknown
+        return known, list(dict.fromkeys(unknown))
 
     def encode_keeping_unknown(self, skus: list[str]) -> np.ndarray:
         """Item ids in order, `UNKNOWN_ID` where a SKU is not in the vocabulary."""

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_core import to_json  # a few times faster than json.dumps for these lists of floats
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from postmodern.config import Settings
+from postmodern.config import MAX_FIELD_LENGTH, Settings
 from postmodern.model.bundle import BundleError, Recommendation, SessionRecommender
 from postmodern.serving.batching import BatchedRanking
 from postmodern.serving.metrics import RequestMetricsMiddleware, ServingMetrics
@@ -54,6 +54,7 @@ class ServingConfig:
     max_sessions: int = 256
     max_session_length: int = 500
     max_body_bytes: int = 1_048_576
+    max_sku_length: int = MAX_FIELD_LENGTH
     reload_seconds: float = 2.0
     api_key: SecretStr | None = None
 
@@ -64,6 +65,7 @@ class ServingConfig:
             max_sessions=settings.serving_max_sessions,
             max_session_length=settings.serving_max_session_length,
             max_body_bytes=settings.serving_max_body_bytes,
+            max_sku_length=settings.serving_max_sku_length,
             reload_seconds=settings.serving_reload_seconds,
             api_key=settings.serving_api_key,
         )
@@ -122,14 +124,16 @@ class InputProblem(BaseModel):
 def invocation_model(config: ServingConfig) -> type[BaseModel]:
     """The request body, with this server's limits in its schema (and so in the OpenAPI spec)."""
 
+    Sku = Annotated[str, Field(max_length=config.max_sku_length)]
+
     class InvocationRequest(BaseModel):
         model_config = ConfigDict(strict=True, extra="forbid")
 
-        sessions: list[Annotated[list[str], Field(max_length=config.max_session_length)]] = Field(
+        sessions: list[Annotated[list[Sku], Field(max_length=config.max_session_length)]] = Field(
             min_length=1,
             max_length=config.max_sessions,
             description="Sessions as lists of product SKUs, oldest first. Only the latest items the model "
-            "reads count; unknown SKUs are ignored and reported.",
+            "reads count; unknown SKUs are ignored and reported (each once).",
         )
         k: int = Field(default=config.default_k, ge=1, le=config.max_k, description="Recommendations per session.")
         exclude_seen: bool = Field(default=False, description="Do not recommend SKUs already in the session.")
@@ -363,16 +367,14 @@ def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig
         exclude_seen: bool = False,
     ) -> Response:
         skus = [sku for sku in (part.strip() for part in session.split(",")) if sku]
-        if len(skus) > config.max_session_length:
-            raise input_problem(
-                [
-                    {
-                        "loc": ["query", "session"],
-                        "msg": f"at most {config.max_session_length} SKUs, not {len(skus)}",
-                        "type": "too_long",
-                    }
-                ]
+        longest = max(map(len, skus), default=0)
+        if len(skus) > config.max_session_length or longest > config.max_sku_length:
+            message = (
+                f"at most {config.max_session_length} SKUs, not {len(skus)}"
+                if len(skus) > config.max_session_length
+                else f"a SKU has at most {config.max_sku_length:,} characters, not {longest:,}"
             )
+            raise input_problem([{"loc": ["query", "session"], "msg": message, "type": "too_long"}])
         recommender = ready_recommender()
         (result,) = await rank(recommender, [skus], k, exclude_seen)
         payload = {
