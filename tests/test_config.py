@@ -11,7 +11,7 @@ def test_defaults_need_no_env_file_and_run_locally(monkeypatch):
     assert settings.warehouse == "duckdb"
     assert settings.sf_schema == "POST_MODERN_DATA_STACK"
     assert settings.sf_table == "COVEO_DATASET_RAW"
-    assert settings.tracker == "mlflow"
+    assert settings.tracking_backend == "mlflow"
     assert not settings.en_batch and not settings.dbt_cloud and not settings.sagemaker_deploy
     assert settings.max_sessions is None
     assert str(settings.duckdb_path).startswith("data")
@@ -78,4 +78,8 @@ def test_secrets_never_show_in_summary_or_repr():
     shown = repr(settings) + str(settings.public_summary())
     assert "hunter2" not in shown and "comet-secret" not in shown
     assert "org-key-123" not in str(settings.public_summary())
-    assert settings.tracker == "comet"
+    assert settings.tracking_backend == "comet"
+    # a Comet key in a shared .env need not send this workspace's runs there
+    assert load_settings(_env_file=None, comet_api_key="k", tracker="mlflow").tracking_backend == "mlflow"
+    with pytest.raises(ConfigError, match="COMET_API_KEY"):
+        load_settings(_env_file=None, tracker="comet")

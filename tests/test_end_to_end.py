@@ -4,8 +4,10 @@ workspace, which is the processes' working directory."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +45,16 @@ print(json.dumps({
               for step, html in cards.items() if html},
     "test_model_card_html": cards["test_model"][0],
 }))
+"""
+
+# Where each step's task of the latest run came from: a resumed run's clones name their origin.
+READ_ORIGINS = """
+import json
+from metaflow import Flow, namespace
+namespace(None)
+run = Flow("RecommenderFlow").latest_run
+steps = ("start", "run_transformation", "train_model")
+print(json.dumps({"run_id": run.id, **{step: run[step].task.origin_pathspec for step in steps}}))
 """
 
 
@@ -210,25 +222,112 @@ def test_flow_trains_tests_deploys_and_the_server_answers(tmp_path, tiny_data):
 
 
 @pytest.mark.e2e
-def test_the_flow_stops_before_training_when_the_data_fails_its_tests(tmp_path):
-    data = tmp_path / "coveo"
-    data.mkdir()
-    header = "session_id_hash,event_type,product_action,product_sku_hash,server_timestamp_epoch_ms,hashed_url\n"
-    rows = [f"s{i},event_product,detail,sku{i % 7},{1550000000000 + i * 1000},u" for i in range(40)]
-    (data / "browsing_train.csv").write_text(header + "\n".join(rows) + "\n")
-    (data / "sku_to_content.csv").write_text(  # six of the seven SKUs are missing from the catalogue
-        "product_sku_hash,description_vector,category_hash,image_vector,price_bucket\nsku0,,c1/c2,,3\n"
-    )
-    env = {**os.environ, "USERNAME": "e2e", "PYTHONUNBUFFERED": "1"}
-    for name in ("DUCKDB_PATH", "DATA_DIR", "REGISTRY_DIR", "MLFLOW_TRACKING_URI", "WAREHOUSE", "MAX_SESSIONS"):
+def test_a_run_stopped_by_the_data_gate_resumes_from_dbt_once_the_data_is_fixed(tmp_path, tiny_data):
+    """The catalogue lacks nearly every SKU: the run stops before training, naming the test, rows and what to do.
+    The full catalogue loaded, `resume run_transformation` finishes the same run: `start` is cloned, dbt builds
+    and tests the fixed data, and the model trains and deploys."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_data, broken)
+    catalogue = (broken / "sku_to_content.csv").read_text().splitlines()
+    (broken / "sku_to_content.csv").write_text("\n".join(catalogue[:2]) + "\n")  # one product of the catalogue
+    env = {**os.environ, "USERNAME": "e2e", "PYTHONUNBUFFERED": "1", "MAX_SESSIONS": "1500"}
+    for name in ("DUCKDB_PATH", "DATA_DIR", "REGISTRY_DIR", "MLFLOW_TRACKING_URI", "WAREHOUSE"):
         env.pop(name, None)
-    run([sys.executable, "-m", "postmodern.cli", "load", "--path", str(data), "--quiet"], tmp_path, env, 120)
+    load = [sys.executable, "-m", "postmodern.cli", "load", "--quiet", "--path"]
+    run([*load, str(broken)], tmp_path, env, 120)
+    arguments = ["--epochs", "1", "--search_size", "1", "--families", "popularity,cooccurrence,lstm"]
+    arguments += ["--blends", "false", "--refit", "false", "--gate_margin", "-1"]
     flow = subprocess.run(
-        [sys.executable, str(FLOW), "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(FLOW), "run", *arguments],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     output = flow.stdout + flow.stderr
     assert flow.returncode != 0
     assert "data quality gate: training stopped" in output and "share_missing_below" in output
-    assert "sku3" in output  # a sample of the offending rows
+    assert "resume run_transformation" in output  # what to do next
     assert "train_model" not in output  # it never started
     assert not (tmp_path / "data" / "registry").exists()
+
+    run([*load, str(tiny_data)], tmp_path, env, 120)  # the same events again (dbt counts them once), and the catalogue
+    resumed = run([sys.executable, str(FLOW), "resume", "run_transformation"], tmp_path, env, 900)
+    assert "data quality: every test passed" in resumed and "deployed" in resumed
+    origins = json.loads(run([sys.executable, "-c", READ_ORIGINS], tmp_path, env, 120).strip().splitlines()[-1])
+    assert origins["start"].split("/")[1] != origins["run_id"]  # cloned from the stopped run
+    assert origins["run_transformation"] is None and origins["train_model"] is None  # these ran again, or first
+    details = json.loads(run([sys.executable, "-c", READ_RUN], tmp_path, env, 120).strip().splitlines()[-1])
+    assert details["successful"] and details["gate_passed"] and details["deployed_to"]
+    assert (tmp_path / "data" / "registry" / "LATEST").exists()
+
+
+# Recognisable fake values for every secret the stack reads (and AWS's, which boto3 would).
+SECRETS = {
+    "SF_PWD": "sf-pwd-canary-51d2",
+    "DBT_API_KEY": "dbt-key-canary-7c09",
+    "COMET_API_KEY": "comet-key-canary-e44b",
+    "SERVING_API_KEY": "serving-key-canary-93fa",
+    "AWS_SECRET_ACCESS_KEY": "aws-secret-canary-0b6e",
+}
+
+
+def readable_texts(workspace: Path):
+    """(path, text) of every file of the workspace as a reader of it would see it: gzip members unpacked (Metaflow's
+    artifacts and logs), a DuckDB file as the CSV of every table (its strings are compressed on disk)."""
+    import gzip
+
+    import duckdb
+
+    for path in sorted(p for p in workspace.rglob("*") if p.is_file()):
+        content = path.read_bytes()
+        if path.suffix == ".duckdb":
+            with duckdb.connect(str(path), read_only=True) as connection:
+                tables = connection.sql("select schema_name, table_name from duckdb_tables()").fetchall()
+                for schema, table in tables:
+                    rows = connection.sql(f'select * from "{schema}"."{table}"').fetchall()
+                    yield f"{path}:{schema}.{table}", repr(rows)
+            continue
+        if content[:2] == b"\x1f\x8b":
+            with contextlib.suppress(OSError):  # not gzip after all: scanned as it is
+                content = gzip.decompress(content)
+        yield str(path), content.decode("latin-1")
+
+
+@pytest.mark.e2e
+def test_secrets_reach_no_artifact_card_log_report_or_tracking_record(tmp_path, tiny_data):
+    env = {**os.environ, "USERNAME": "e2e", "PYTHONUNBUFFERED": "1", "MAX_SESSIONS": "1500", **SECRETS}
+    env["TRACKER"] = "mlflow"  # the Comet key is set (a shared .env, say) but this workspace tracks locally
+    for name in ("DUCKDB_PATH", "DATA_DIR", "REGISTRY_DIR", "MLFLOW_TRACKING_URI", "WAREHOUSE"):
+        env.pop(name, None)
+    outputs = [run([sys.executable, "-m", "postmodern.cli", "load", "--path", str(tiny_data)], tmp_path, env, 120)]
+    arguments = ["--epochs", "1", "--search_size", "1", "--families", "popularity,cooccurrence,lstm"]
+    outputs.append(run([sys.executable, str(FLOW), "run", *arguments, "--gate_margin", "-1"], tmp_path, env, 900))
+    outputs.append(run([sys.executable, "-c", READ_RUN], tmp_path, env, 120))  # every card and artifact, read
+    server = ServerProcess(tmp_path, env)
+    try:
+        key = {"X-API-Key": SECRETS["SERVING_API_KEY"]}
+        body = {"sessions": [["nope"]], "k": 3}
+        answers = [
+            httpx.post(f"{server.base_url}/invocations", json=body, headers=key, timeout=10),
+            httpx.post(f"{server.base_url}/invocations", json=body, headers={"X-API-Key": "wrong"}, timeout=10),
+            httpx.post(f"{server.base_url}/reload", headers=key, timeout=30),
+            httpx.get(f"{server.base_url}/metrics", timeout=10),
+            httpx.get(f"{server.base_url}/openapi.json", timeout=10),
+            httpx.get(f"{server.base_url}/health/live", timeout=10),
+        ]
+        assert [answer.status_code for answer in answers] == [200, 401, 200, 200, 200, 200]
+        outputs += [answer.text for answer in answers]
+    finally:
+        server.stop()
+    scanned = list(readable_texts(tmp_path))  # the server's log is in the workspace too
+    assert any("/.metaflow/" in path for path, _ in scanned) and any(path.endswith("mlflow.db") for path, _ in scanned)
+    assert any(".html" in path for path, _ in scanned)  # the cards
+    leaks = [
+        (name, where)
+        for name, secret in SECRETS.items()
+        for where, text in [*scanned, *(("output", output) for output in outputs)]
+        if secret in text
+    ]
+    assert leaks == []

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     # Warehouse
     warehouse: Literal["duckdb", "snowflake"] = "duckdb"
     duckdb_path: Path = Field(default=Path("data/warehouse.duckdb"))
+    warehouse_lock_timeout: float = Field(default=120.0, ge=0)  # seconds to wait while another process holds it
     sf_schema: str = "POST_MODERN_DATA_STACK"
     sf_table: str = "COVEO_DATASET_RAW"
     sf_catalog_table: str = "COVEO_CATALOG_RAW"
@@ -68,6 +69,7 @@ class Settings(BaseSettings):
 
     # Compute and tracking
     en_batch: bool = False
+    tracker: Literal["auto", "mlflow", "comet"] = "auto"  # auto: Comet when COMET_API_KEY is set, else MLflow
     comet_api_key: SecretStr | None = None
     comet_project: str = "post-modern-stack"
     mlflow_tracking_uri: str | None = None
@@ -105,6 +107,8 @@ class Settings(BaseSettings):
             required += REQUIRED_FOR_DBT_CLOUD
         if self.sagemaker_deploy:
             required += REQUIRED_FOR_SAGEMAKER
+        if self.tracker == "comet":
+            required += ("COMET_API_KEY",)
         missing = [name for name in required if not getattr(self, name.lower())]
         if missing:
             raise ConfigError(
@@ -124,8 +128,10 @@ class Settings(BaseSettings):
         )
 
     @property
-    def tracker(self) -> Literal["mlflow", "comet"]:
-        return "comet" if self.comet_api_key else "mlflow"
+    def tracking_backend(self) -> Literal["mlflow", "comet"]:
+        if self.tracker == "auto":
+            return "comet" if self.comet_api_key else "mlflow"
+        return self.tracker
 
     @cached_property
     def resolved_mlflow_uri(self) -> str:
@@ -142,7 +148,7 @@ class Settings(BaseSettings):
             "raw_table": self.sf_table,
             "api_key": self.application_api_key[:4] + "…",
             "max_sessions": self.max_sessions,
-            "tracker": self.tracker,
+            "tracker": self.tracking_backend,
             "dbt": "dbt Cloud" if self.dbt_cloud else "dbt core",
             "deploy": "SageMaker" if self.sagemaker_deploy else "local registry",
             "serving_auth": "API key" if self.serving_api_key else "open",

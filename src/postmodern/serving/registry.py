@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,20 +13,31 @@ from postmodern.model.bundle import BundleError, ModelBundle
 
 LATEST = "LATEST"
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
+READABLE_DIR, READABLE_FILE = 0o755, 0o644
 
 
 def publish(bundle: ModelBundle, registry_dir: Path) -> Path:
-    """Write the bundle as `registry_dir/<version>` and point LATEST at it; readers never see half a bundle."""
+    """Write the bundle as `registry_dir/<version>` and point LATEST at it; readers never see half a bundle, and
+    deploys running at once each publish whole (the last to finish is LATEST)."""
     registry_dir = Path(registry_dir)
     final = registry_dir / bundle.version
-    staging = registry_dir / f".{bundle.version}.partial"
     if final.exists():
         raise BundleError(f"model version {bundle.version} is already in the registry at {final}")
-    bundle.save(staging)
-    staging.replace(final)
-    pointer = registry_dir / f".{LATEST}.tmp"
-    pointer.write_text(bundle.version)
-    os.replace(pointer, registry_dir / LATEST)
+    registry_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{bundle.version}.", suffix=".partial", dir=registry_dir))
+    staging.chmod(READABLE_DIR)  # mkdtemp's folders are private; a server may run as another user
+    try:
+        bundle.save(staging)
+        staging.rename(final)  # atomic; refused when another deploy of this version got there first
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if final.exists():
+            raise BundleError(f"model version {bundle.version} is already in the registry at {final}") from None
+        raise BundleError(f"cannot publish {bundle.version} to {registry_dir}: {error}") from error
+    with tempfile.NamedTemporaryFile("w", dir=registry_dir, prefix=f".{LATEST}.", delete=False) as pointer:
+        pointer.write(bundle.version)
+    os.chmod(pointer.name, READABLE_FILE)
+    os.replace(pointer.name, registry_dir / LATEST)
     return final
 
 

@@ -37,7 +37,7 @@ class Tracker(Protocol):
 
 
 def make_tracker(settings: Settings, experiment: str = "post-modern-stack") -> Tracker:
-    if settings.tracker == "comet":
+    if settings.tracking_backend == "comet":
         from postmodern.tracking.comet_tracker import CometTracker
 
         return CometTracker(settings.comet_api_key.get_secret_value(), settings.comet_project)

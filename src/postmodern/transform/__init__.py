@@ -21,10 +21,18 @@ def run_transformation(settings: Settings, cause: str) -> tuple[DbtBuildResult, 
     return build, quality_report(settings, build)
 
 
+# The run stopped at the gate resumes from the transformation: dbt then builds and tests the fixed data, and the
+# steps before it are not run again.
+RESUME_AFTER_FIX = (
+    "Fix the data (load what was missing or corrected: `postmodern load`), then finish this run from dbt on, "
+    "without redoing what passed: `python flows/recommender_flow.py resume run_transformation`"
+)
+
+
 def stop_unless_passed(report: QualityReport) -> None:
-    """The gate before training: a clear error naming each failing test and sample rows."""
+    """The gate before training: a clear error naming each failing test and sample rows, and how to go on."""
     if not report.passed:
-        raise DataQualityError(report.describe())
+        raise DataQualityError(f"{report.describe()}\n{RESUME_AFTER_FIX}")
 
 
 def model_row_counts(settings: Settings, dag: Dag) -> dict[str, int]:

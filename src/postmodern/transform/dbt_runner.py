@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from postmodern.config import Settings
+from postmodern.warehouse import connect
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt"
 
@@ -99,6 +100,9 @@ def run_dbt_build(
         json.dumps({**settings.dbt_vars(), "test_every_row": test_every_row}),
     ]
     started = time.perf_counter()
+    if settings.warehouse == "duckdb":
+        # dbt fails at once on a file another process holds (a load, say): wait for it here, saying so
+        connect(settings).close()
     outcome = dbtRunner().invoke(["build", *common_args, *(["--full-refresh"] if full_refresh else [])])
     run_results_path = target_path / "run_results.json"
     results = parse_run_results(json.loads(run_results_path.read_text())) if run_results_path.exists() else []

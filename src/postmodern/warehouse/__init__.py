@@ -102,7 +102,9 @@ def connect(settings: Settings, read_only: bool = False) -> Warehouse:
         return SnowflakeWarehouse(settings)
     from postmodern.warehouse.duckdb_warehouse import DuckDBWarehouse
 
-    return DuckDBWarehouse(settings.duckdb_path, settings.sf_schema, read_only=read_only)
+    return DuckDBWarehouse(
+        settings.duckdb_path, settings.sf_schema, read_only=read_only, lock_timeout=settings.warehouse_lock_timeout
+    )
 
 
 def check_raw_log(settings: Settings) -> int:
