@@ -201,11 +201,17 @@ def synthetic_costs(selection, n_items: int, sessions: int, seed: int = 0) -> li
     train = [session for session in np.split(items, split_at) if len(session) > 1]
     counts = np.bincount(items, minlength=n_items + 1)
     splits = SessionSplits(Vocabulary([f"i{i}" for i in range(1, n_items + 1)]), train, [], train[:1000], counts, {})
-    untrained = {
-        name: replace(fit, params={**fit.params, "epochs": 0}) if "epochs" in fit.params else fit
-        for name, fit in selection.finalists.items()
-    }
-    refitted = refit_finalists(replace(selection, finalists=untrained), splits, FitContext(None, progress=False))
+
+    def untrained(fits: dict) -> dict:
+        return {
+            name: replace(fit, params={**fit.params, "epochs": 0}) if "epochs" in fit.params else fit
+            for name, fit in fits.items()
+        }
+
+    built = replace(
+        selection, finalists=untrained(selection.finalists), blend_members=untrained(selection.blend_members)
+    )
+    refitted = refit_finalists(built, splits, FitContext(None, progress=False))
     prefixes = [session[: max(1, len(session) // 2)] for session in train[:300]]
     return [
         {"phase": "cost", "family": name, "items": n_items, "synthetic": True, **ranking_seconds(ranker, prefixes)}
@@ -224,7 +230,9 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=float(os.environ.get("BENCH_SCALE", "1.0")),
                         help=f"generated data: share of {GENERATED_SESSIONS:,} sessions (or BENCH_SCALE)")  # fmt: skip
     parser.add_argument("--families", default="popularity,cooccurrence,vsknn,lstm", help="families to fit")
-    parser.add_argument("--search-size", type=int, default=2, help="LSTM candidates (default 2)")
+    parser.add_argument("--search-size", type=int, default=2, help="LSTM candidates (default 2; 0: all)")
+    parser.add_argument("--search-space", type=json.loads, default={},
+                        help="values to try, as the flow's --search_space (LSTM knobs at the top level)")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=8, help="most epochs per LSTM candidate (default 8)")
     parser.add_argument("--parallel", type=int, default=2, help="candidates fitted at once (default 2)")
     parser.add_argument("--cost-items", type=int, default=57_000, help="the synthetic catalogue's size for costs")
@@ -251,12 +259,15 @@ def main() -> None:
         emit({"phase": "data", **prepare_data(args, workdir)})
         splits, refit = load_splits(workdir)
         families = [name.strip() for name in args.families.split(",") if name.strip()]
-        candidates = family_candidates(families, {}, args.search_size, "random", seed=0)
+        candidates = family_candidates(families, args.search_space, args.search_size, "random", seed=0)
         fits = fit_all(args, workdir, candidates, emit)
 
         context = FitContext.for_splits(splits, progress=False)
         choosing = time.perf_counter()
         selection = select_champion(fits, splits, context)
+        for label, fit in selection.blend_members.items():
+            emit({"phase": "blend_member", "label": label, "family": fit.family, "params": fit.params,
+                  "validation": rounded(fit.validation)})  # fmt: skip
         for blend in selection.blends_tried:
             emit({"phase": "blend", "params": blend.params, "validation": rounded(blend.validation),
                   "seconds": round(blend.seconds, 1)})  # fmt: skip

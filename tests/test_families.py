@@ -7,7 +7,14 @@ from conftest import SUITE_ITEMS, cyclic_sessions
 
 from postmodern.evaluation.metrics import evaluate_ranker, next_item_cases
 from postmodern.model.bundle import ModelBundle, SessionRecommender, make_bundle
-from postmodern.model.champion import BLEND_MIN_SHARE, blend_part_sets, refit_finalists, select_champion
+from postmodern.model.champion import (
+    BLEND_MIN_SHARE,
+    MAX_BLEND_MEMBERS,
+    blend_members,
+    blend_part_sets,
+    refit_finalists,
+    select_champion,
+)
 from postmodern.model.dataset import PADDING_ID, SessionSplits, Vocabulary
 from postmodern.model.families import FAMILIES, FitContext, Fitted, family, ranker_from_state
 from postmodern.model.families.blend import Blend, BlendRanker, simplex_grid
@@ -34,7 +41,7 @@ def fits(splits):
         name: family(name).fit(splits, spaces.get(name, family(name).search_space), context)
         for name in ("popularity", "cooccurrence", "vsknn", "lstm")
     }
-    fitted["blend"] = Blend().fit_parts([fitted["lstm"], fitted["vsknn"]], splits, context)
+    fitted["blend"] = Blend().fit_parts({"lstm": fitted["lstm"], "vsknn": fitted["vsknn"]}, splits, context)
     return fitted
 
 
@@ -117,24 +124,26 @@ class KnowsRule(Ranker):
 
 def test_a_blend_of_two_families_that_know_different_halves_beats_both(splits):
     context = FitContext.for_splits(splits)
-    parts = []
+    parts = {}
     for parity in (0, 1):
         ranker = KnowsRule(splits.train_counts, parity)
-        parts.append(Fitted(f"rule{parity}", ranker, {}, evaluate_ranker(ranker, context.validation)))
+        parts[f"rule{parity}"] = Fitted("rule", ranker, {}, evaluate_ranker(ranker, context.validation))
     blend = Blend().fit_parts(parts, splits, context)
-    assert blend.validation_mrr == 1.0 > max(part.validation_mrr for part in parts)
-    assert blend.params["parts"] == ["rule", "rule"] and sum(blend.params["weights"]) == pytest.approx(1.0)
+    assert blend.validation_mrr == 1.0 > max(part.validation_mrr for part in parts.values())
+    assert blend.params["parts"] == ["rule0", "rule1"] and sum(blend.params["weights"]) == pytest.approx(1.0)
     assert len(blend.trials) == len(simplex_grid(2)) == 9
     assert simplex_grid(3).shape == (36, 3) and np.allclose(simplex_grid(3).sum(axis=1), 1)
 
 
 def test_the_champion_is_the_best_on_validation_and_blends_mix_only_families_worth_mixing(fits, splits):
     best = {name: fit for name, fit in fits.items() if name != "blend"}
-    sets = blend_part_sets(best)
+    members = blend_members(list(best.values()))
+    sets = blend_part_sets(members)
     assert ("popularity", "lstm") not in sets  # far below the best: not worth a blend
     top = max(fit.validation_mrr for fit in best.values())
-    eligible = [name for name, fit in best.items() if fit.validation_mrr >= BLEND_MIN_SHARE * top]
-    assert sets[-1] == tuple(eligible) if len(eligible) > 2 else len(sets) == 1
+    eligible = {name for name, fit in best.items() if fit.validation_mrr >= BLEND_MIN_SHARE * top}
+    assert set(members) == eligible and all(members[name] is best[name] for name in members)
+    assert set(sets[-1]) == eligible if len(eligible) > 2 else len(sets) == 1
     selection = select_champion(list(best.values()), splits, FitContext.for_splits(splits))
     ranking = selection.ranking()
     assert selection.champion == ranking[0].family and "blend" in selection.finalists
@@ -184,3 +193,31 @@ def test_refit_learns_the_validation_sessions_too(fits, splits):
     )
     assert all(part is refitted[part.name] for part in blend.parts)  # made of the refit families
     assert blend.weights == selection.finalists["blend"].params["weights"]
+
+
+def test_blends_may_mix_two_configurations_of_one_family_and_refit_both(fits, splits):
+    """Two LSTMs trained differently are two members (`lstm`, `lstm#2`); the members are each family's best first,
+    at most MAX_BLEND_MEMBERS; a blend of both LSTMs refits each of them."""
+    context = FitContext.for_splits(splits, epochs=3, progress=False)
+    other = family("lstm").fit(splits, {**TINY_LSTM, "dropout": [0.1]}, FitContext.for_splits(splits, epochs=3, seed=1))
+    many = [fits["cooccurrence"], fits["lstm"], other, *(fits["lstm"] for _ in range(MAX_BLEND_MEMBERS))]
+    members = blend_members(many)
+    assert len(members) == MAX_BLEND_MEMBERS and members["cooccurrence"] is fits["cooccurrence"]
+    best_lstm = max(fits["lstm"], other, key=lambda fit: fit.validation_mrr)
+    assert members["lstm"] is best_lstm and members["lstm#2"] in (fits["lstm"], other)
+    selection = select_champion([fits["lstm"], other], splits, context)
+    assert set(selection.blend_members) == {"lstm", "lstm#2"}
+    assert selection.blends_tried[0].params["parts"] == ["lstm", "lstm#2"]
+    selection.finalists["blend"] = selection.blends_tried[0]  # whatever won, the blend of both is refit whole
+    refitted = refit_finalists(selection, splits, FitContext(validation=None, epochs=1, progress=False))
+    assert set(refitted) == {"lstm", "blend"}
+    blend = refitted["blend"]
+    assert blend.params["parts"] == ["lstm", "lstm#2"] and blend.parts[0] is refitted["lstm"]
+    assert (
+        blend.parts[1] is not blend.parts[0]
+        and blend.parts[1].model.config == selection.blend_members["lstm#2"].ranker.model.config
+    )
+    restored = ranker_from_state(blend.state())
+    assert restored.params["parts"] == ["lstm", "lstm#2"]
+    prefixes = [np.array([1, 2, 3])]
+    assert np.allclose(restored.probabilities(prefixes), blend.probabilities(prefixes), atol=1e-6)

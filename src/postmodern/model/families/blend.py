@@ -29,8 +29,11 @@ POPULARITY_TIE_BREAK = 1e-9
 class BlendRanker(Ranker):
     name = "blend"
 
-    def __init__(self, parts: list[Ranker], weights: list[float], train_counts: np.ndarray):
-        super().__init__(train_counts, {"parts": [part.name for part in parts], "weights": list(weights)})
+    def __init__(
+        self, parts: list[Ranker], weights: list[float], train_counts: np.ndarray, labels: list[str] | None = None
+    ):
+        labels = labels or [part.name for part in parts]  # `lstm#2`: a family's runner-up
+        super().__init__(train_counts, {"parts": list(labels), "weights": list(weights)})
         self.parts, self.weights = parts, [float(weight) for weight in weights]
         shares = self.train_counts / max(int(self.train_counts.sum()), 1)
         self.tie_break = (shares * POPULARITY_TIE_BREAK).astype(np.float32)
@@ -87,17 +90,17 @@ class Blend(Family):
     def build(self, splits: SessionSplits, params: dict, context: FitContext) -> tuple[Ranker, dict]:
         raise TypeError("a blend is made of fitted families: use fit_parts")
 
-    def fit_parts(self, parts: list[Fitted], splits: SessionSplits, context: FitContext) -> Fitted:
-        """The weighting of the parts' probabilities with the best validation MRR@20."""
+    def fit_parts(self, parts: dict[str, Fitted], splits: SessionSplits, context: FitContext) -> Fitted:
+        """The weighting of the parts' probabilities (fits by label) with the best validation MRR@20."""
         from postmodern.evaluation.metrics import evaluate_ranker
 
         started = time.perf_counter()
-        rankers = [part.ranker for part in parts]
+        rankers = [part.ranker for part in parts.values()]
         weightings = simplex_grid(len(parts))
         mrr = weighting_reciprocal_ranks(rankers, context, weightings).mean(axis=1)
         best = weightings[int(np.argmax(mrr))]
-        ranker = BlendRanker(rankers, best.round(6).tolist(), splits.train_counts)
-        names = [part.family for part in parts]
+        names = list(parts)
+        ranker = BlendRanker(rankers, best.round(6).tolist(), splits.train_counts, names)
         trials = [
             {"parts": names, "weights": weighting.round(6).tolist(), "validation_mrr": float(value)}
             for weighting, value in zip(weightings, mrr, strict=True)
@@ -106,12 +109,11 @@ class Blend(Family):
         return Fitted(self.name, ranker, dict(ranker.params), metrics, trials, seconds=time.perf_counter() - started)
 
     def refit(self, splits: SessionSplits, fitted: Fitted, context: FitContext, refitted: dict[str, Ranker]) -> Ranker:
-        return BlendRanker(
-            [refitted[name] for name in fitted.params["parts"]], fitted.params["weights"], splits.train_counts
-        )
+        labels = fitted.params["parts"]
+        return BlendRanker([refitted[label] for label in labels], fitted.params["weights"], splits.train_counts, labels)
 
     def from_state(self, state: RankerState) -> Ranker:
         from postmodern.model.families import ranker_from_state
 
         parts = [ranker_from_state(part) for part in state.parts]
-        return BlendRanker(parts, state.config["weights"], state.arrays["train_counts"])
+        return BlendRanker(parts, state.config["weights"], state.arrays["train_counts"], state.config["parts"])

@@ -35,6 +35,7 @@ class LSTM(Family):
         "dropout": [0.1, 0.25],
         "learning_rate": [3e-3, 1e-2],
         "tied_output": [True, False],
+        "item_pairs": [True, False],
     }
 
     @property
