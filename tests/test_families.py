@@ -17,6 +17,7 @@ from postmodern.model.champion import (
 )
 from postmodern.model.dataset import PADDING_ID, SessionSplits, Vocabulary
 from postmodern.model.families import FAMILIES, FitContext, Fitted, family, ranker_from_state
+from postmodern.model.families.base import Family
 from postmodern.model.families.blend import Blend, BlendRanker, simplex_grid
 from postmodern.model.ranker import Ranker, RankerState
 
@@ -221,3 +222,61 @@ def test_blends_may_mix_two_configurations_of_one_family_and_refit_both(fits, sp
     assert restored.params["parts"] == ["lstm", "lstm#2"]
     prefixes = [np.array([1, 2, 3])]
     assert np.allclose(restored.probabilities(prefixes), blend.probabilities(prefixes), atol=1e-6)
+
+
+class Guesses(Ranker):
+    """`sharp`: certain of item + 1 after an even item, and ranks it last otherwise (MRR@20 1/2, HR@20 1/2);
+    `broad`: item + 1 third every time (MRR@20 1/3, HR@20 1)."""
+
+    name = "guesses"
+
+    def __init__(self, train_counts, mode):
+        super().__init__(train_counts, {"mode": mode})
+        self.mode = mode
+
+    def probabilities(self, prefixes):
+        probabilities = np.zeros((len(prefixes), self.n_items), dtype=np.float32)
+        for row, prefix in enumerate(prefixes):
+            after = [prefix[-1] % N_ITEMS + 1]
+            after += [after[-1] % N_ITEMS + 1, (after[-1] + 1) % N_ITEMS + 1]
+            if self.mode == "broad":
+                probabilities[row, after] = [0.2, 0.5, 0.3]
+            elif prefix[-1] % 2 == 0:
+                probabilities[row, after[0]] = 1.0
+            else:
+                probabilities[row] = 1.0 / (self.n_items - 2)
+                probabilities[row, [PADDING_ID, after[0]]] = 0.0
+        return probabilities
+
+    def state(self):
+        return RankerState(self.name, self.params, {})
+
+
+class GuessesFamily(Family):
+    name = "guesses"
+    search_space = {"mode": ["sharp", "broad"]}
+
+    def build(self, splits, params, context):
+        return Guesses(splits.train_counts, params["mode"]), {}
+
+    def from_state(self, state):
+        return Guesses(state.arrays["train_counts"], state.params["mode"])
+
+
+def test_a_grid_offers_its_best_by_hit_rate_to_blends_beside_its_best_by_mrr(splits):
+    """What recalls most is what a precise model lacks: the grid's best by HR@20 joins blends as `guesses#2`, and
+    the blend of the two beats both."""
+    context = FitContext.for_splits(splits)
+    fit = GuessesFamily().fit(splits, GuessesFamily.search_space, context)
+    (alternate,) = fit.alternates
+    assert fit.params == {"mode": "sharp"} and alternate.params == {"mode": "broad"}
+    assert fit.validation_mrr == pytest.approx(0.5, abs=0.1) and alternate.validation_mrr == pytest.approx(1 / 3)
+    assert alternate.validation["hr@20"] == 1.0 > fit.validation["hr@20"] and alternate.alternates == []
+    members = blend_members([fit])
+    assert list(members) == ["guesses", "guesses#2"] and members["guesses#2"] is alternate
+    selection = select_champion([fit], splits, context)
+    blend = selection.champion_fit
+    assert selection.champion == "blend" and blend.params["parts"] == ["guesses", "guesses#2"]
+    assert blend.validation["hr@20"] == 1.0 and blend.validation_mrr > fit.validation_mrr
+    single = GuessesFamily().fit(splits, {"mode": ["broad"]}, context)
+    assert single.alternates == [] and list(blend_members([single])) == ["guesses"]

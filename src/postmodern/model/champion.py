@@ -3,9 +3,10 @@ champion by validation MRR@20, and the refit of every finalist on the training a
 (the model chosen on validation then learns from the sessions nearest the test set too).
 
 Nothing here looks at the test set, and nothing asks which family a fit is: families compete on the same
-validation cases, and a blend mixes any fits good enough to be worth mixing: each family's best, and the
+validation cases, and a blend mixes any fits good enough to be worth mixing: each family's best, the
 runners-up of a family searched one configuration per task (two LSTMs trained differently err differently,
-as a neural model and a nearest-neighbour one do).
+as a neural model and a nearest-neighbour one do), and the configuration of a grid that recalls most
+(`cooccurrence#2`: the best by HR@20, where another than the best by MRR@20).
 """
 
 from __future__ import annotations
@@ -64,10 +65,12 @@ def best_per_family(fits: list[Fitted]) -> dict[str, Fitted]:
 
 def blend_members(fits: list[Fitted]) -> dict[str, Fitted]:
     """The fits worth mixing, by label: each family's best whose validation MRR@20 is within `BLEND_MIN_SHARE` of
-    the best fit's, then the best of the other fits that are, up to `MAX_BLEND_MEMBERS` in all."""
+    the best fit's, then the best of the other fits (and of their alternates) that are, up to `MAX_BLEND_MEMBERS`
+    in all."""
     top = max(fit.validation_mrr for fit in fits)
+    offered = [*fits, *(alternate for fit in fits for alternate in fit.alternates)]
     worth = sorted(
-        (fit for fit in fits if fit.validation_mrr >= BLEND_MIN_SHARE * top), key=lambda f: -f.validation_mrr
+        (fit for fit in offered if fit.validation_mrr >= BLEND_MIN_SHARE * top), key=lambda f: -f.validation_mrr
     )
     best = best_per_family(worth)
     chosen = [fit for fit in worth if fit is best[fit.family]]

@@ -19,6 +19,7 @@ from postmodern.model.dataset import SessionSplits
 from postmodern.model.ranker import Ranker, RankerState
 
 TUNING_METRIC = "mrr@20"
+HIT_RATE_METRIC = "hr@20"
 
 
 @dataclass
@@ -52,6 +53,8 @@ class Fitted:
     trials: list[dict] = field(default_factory=list)  # every configuration tried, with its validation MRR@20 and HR@20
     history: list[dict] = field(default_factory=list)  # per-epoch records, where it trains in epochs
     seconds: float = 0.0
+    # The best configuration by HR@20 where another than this one: what recalls most may be what a blend lacks.
+    alternates: list[Fitted] = field(default_factory=list)
 
     @property
     def validation_mrr(self) -> float:
@@ -80,18 +83,23 @@ class Family(ABC):
 
     def fit(self, splits: SessionSplits, space: dict[str, list], context: FitContext) -> Fitted:
         """Every point of `space` (values per hyper-parameter), the best on validation MRR@20 kept (the first of
-        equals)."""
+        equals), and the best on HR@20 as its alternate where that is another point."""
         started = time.perf_counter()
         best: Fitted | None = None
+        best_hit_rate: Fitted | None = None
         trials = []
         for point in grid_points(space):
             ranker, learned = self.build(splits, point, context)
             history = learned.pop("history", [])
             metrics = evaluate_ranker(ranker, context.validation, k=20)
             trials.append({**point, **learned, "validation_mrr": metrics["mrr@20"], "validation_hr": metrics["hr@20"]})
+            fit = Fitted(self.name, ranker, {**point, **learned}, metrics, history=history)
             if best is None or metrics[TUNING_METRIC] > best.validation_mrr:
-                best = Fitted(self.name, ranker, {**point, **learned}, metrics, history=history)
+                best = fit
+            if best_hit_rate is None or metrics[HIT_RATE_METRIC] > best_hit_rate.validation[HIT_RATE_METRIC]:
+                best_hit_rate = fit
         best.trials = trials
+        best.alternates = [best_hit_rate] if best_hit_rate is not best else []
         best.seconds = time.perf_counter() - started
         return best
 
