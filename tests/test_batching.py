@@ -1,9 +1,9 @@
-"""Requests that arrive together are ranked in one pass, and each gets what it would have got alone."""
+"""Requests that wait together are ranked in one pass on the ranking thread, and each gets what it would have got
+alone."""
 
 import asyncio
 import threading
 
-import pytest
 from serving_support import small_bundle
 
 from postmodern.model.bundle import SessionRecommender
@@ -15,13 +15,16 @@ SKUS = [f"sku{i}" for i in range(1, 21)]
 class CountingRecommender(SessionRecommender):
     """A real recommender that notes each pass: its sessions, k, and the thread that ran it."""
 
-    def __init__(self, version: str, fail: bool = False):
+    def __init__(self, version: str, fail: bool = False, hold: threading.Event | None = None):
         super().__init__(small_bundle(version, SKUS, seed=len(version)))
         self.passes: list[tuple[list[list[str]], int, bool, str]] = []
         self.fail = fail
+        self.hold = hold  # the first pass waits for it
 
     def recommend(self, sessions, k, exclude_seen=False):
         self.passes.append((sessions, k, exclude_seen, threading.current_thread().name))
+        if self.hold is not None and len(self.passes) == 1:
+            assert self.hold.wait(10)
         if self.fail:
             raise RuntimeError("broken model")
         return super().recommend(sessions, k, exclude_seen)
@@ -42,17 +45,18 @@ def test_requests_read_together_are_ranked_in_one_pass_each_as_if_alone():
     ]
 
     async def together():
-        batching = BatchedRanking(inline_max_sessions=8)
+        batching = BatchedRanking()
         return await asyncio.gather(*(batching.rank(recommender, *request) for request in requests))
 
     answers = asyncio.run(together())
     assert answers == [alone(recommender, *request) for request in requests]
-    # one pass per exclude_seen, with the largest k asked, on the event loop's thread
+    # one pass per exclude_seen, with the largest k asked, on the ranking thread
     assert sorted((len(sessions), k, exclude_seen) for sessions, k, exclude_seen, _ in recommender.passes) == [
         (2, 5, True),
         (4, 20, False),
     ]
-    assert {thread for *_, thread in recommender.passes} == {threading.main_thread().name}
+    (thread,) = {thread for *_, thread in recommender.passes}
+    assert thread.startswith("ranking")
     assert [len(answer[0].items) for answer in answers] == [3, 10, 5, 20, 1]
 
 
@@ -60,7 +64,7 @@ def test_requests_one_after_another_are_ranked_alone():
     recommender = CountingRecommender("v1")
 
     async def in_turn():
-        batching = BatchedRanking(inline_max_sessions=8)
+        batching = BatchedRanking()
         return [await batching.rank(recommender, [["sku3"]], k, False) for k in (2, 4)]
 
     first, second = asyncio.run(in_turn())
@@ -72,7 +76,7 @@ def test_each_request_is_ranked_by_the_model_it_started_with():
     old, new = CountingRecommender("old"), CountingRecommender("new-model")
 
     async def across_a_swap():
-        batching = BatchedRanking(inline_max_sessions=8)
+        batching = BatchedRanking()
         return await asyncio.gather(batching.rank(old, [["sku1"]], 5, False), batching.rank(new, [["sku1"]], 5, False))
 
     from_old, from_new = asyncio.run(across_a_swap())
@@ -81,19 +85,28 @@ def test_each_request_is_ranked_by_the_model_it_started_with():
     assert from_old != from_new  # different weights, different scores
 
 
-def test_large_passes_run_in_a_worker_thread():
-    recommender = CountingRecommender("v1")
+def test_requests_that_arrive_while_a_pass_ranks_wait_and_are_ranked_in_the_next_pass_together():
+    hold = threading.Event()
+    recommender = CountingRecommender("v1", hold=hold)
 
-    async def large():
-        batching = BatchedRanking(inline_max_sessions=2)
-        return await asyncio.gather(
-            batching.rank(recommender, [["sku1"], ["sku2"]], 3, False), batching.rank(recommender, [["sku4"]], 3, False)
-        )
+    async def while_busy():
+        batching = BatchedRanking()
+        first = asyncio.ensure_future(batching.rank(recommender, [["sku1"]], 3, False))
+        while not recommender.passes:  # the first pass is on the ranking thread, held there
+            await asyncio.sleep(0.001)
+        later = [
+            asyncio.ensure_future(batching.rank(recommender, [[sku]], 3, False)) for sku in ("sku2", "sku3", "sku4")
+        ]
+        await asyncio.sleep(0.05)
+        assert len(recommender.passes) == 1 and not any(request.done() for request in later)
+        hold.set()
+        answers = await asyncio.gather(first, *later)
+        batching.close()
+        return answers
 
-    answers = asyncio.run(large())
-    (thread,) = {thread for *_, thread in recommender.passes}
-    assert thread != threading.main_thread().name
-    assert answers == [alone(recommender, [["sku1"], ["sku2"]], 3, False), alone(recommender, [["sku4"]], 3, False)]
+    answers = asyncio.run(while_busy())
+    assert [len(sessions) for sessions, *_ in recommender.passes] == [1, 3]
+    assert answers == [alone(recommender, [[sku]], 3, False) for sku in ("sku1", "sku2", "sku3", "sku4")]
 
 
 def test_a_large_request_is_ranked_alone_in_a_thread_and_holds_up_no_small_one():
@@ -101,7 +114,7 @@ def test_a_large_request_is_ranked_alone_in_a_thread_and_holds_up_no_small_one()
     large = [[f"sku{i}"] for i in range(1, 5)]
 
     async def mixed():
-        batching = BatchedRanking(inline_max_sessions=3)
+        batching = BatchedRanking(alone_min_sessions=3)
         return await asyncio.gather(
             batching.rank(recommender, large, 2, False), batching.rank(recommender, [["sku7"]], 2, False)
         )
@@ -109,16 +122,15 @@ def test_a_large_request_is_ranked_alone_in_a_thread_and_holds_up_no_small_one()
     answers = asyncio.run(mixed())
     passes = {len(sessions): thread for sessions, _, _, thread in recommender.passes}
     assert set(passes) == {4, 1}
-    assert passes[1] == threading.main_thread().name and passes[4] != threading.main_thread().name
+    assert passes[1].startswith("ranking") and not passes[4].startswith("ranking")
     assert answers == [alone(recommender, large, 2, False), alone(recommender, [["sku7"]], 2, False)]
 
 
-@pytest.mark.parametrize("inline_max_sessions", [8, 1])  # the broken pass on the loop, or in a thread
-def test_a_failed_pass_fails_its_own_requests_only(inline_max_sessions):
+def test_a_failed_pass_fails_its_own_requests_only():
     broken, working = CountingRecommender("broken", fail=True), CountingRecommender("v1")
 
     async def mixed():
-        batching = BatchedRanking(inline_max_sessions)
+        batching = BatchedRanking()
         return await asyncio.gather(
             batching.rank(broken, [["sku1"]], 3, False),
             batching.rank(working, [["sku1"]], 3, False),
@@ -135,7 +147,7 @@ def test_a_request_cancelled_while_it_waits_leaves_the_others_answered():
     recommender = CountingRecommender("v1")
 
     async def one_cancelled():
-        batching = BatchedRanking(inline_max_sessions=8)
+        batching = BatchedRanking()
         gone = asyncio.ensure_future(batching.rank(recommender, [["sku1"]], 3, False))
         kept = asyncio.ensure_future(batching.rank(recommender, [["sku2"]], 3, False))
         await asyncio.sleep(0)  # both have joined the pass

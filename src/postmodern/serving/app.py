@@ -42,8 +42,8 @@ from postmodern.serving.served_model import ServedModel
 
 API_KEY_HEADER = "X-API-Key"
 API_KEY_SCHEME = "APIKeyHeader"  # its name in the OpenAPI spec
-# Passes of ranking this small run on the event loop: a thread hand-off would cost more than the ranking.
-INLINE_RANKING_MAX_SESSIONS = 8
+# A request this large is ranked alone, in its own thread, and holds up no small one.
+RANKED_ALONE_MIN_SESSIONS = 64
 
 
 @dataclass(frozen=True)
@@ -262,6 +262,7 @@ def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, served.try_reload))
         yield
         stop.set()
+        batched.close()
         if on_main_thread:
             loop.remove_signal_handler(signal.SIGHUP)
 
@@ -290,7 +291,7 @@ def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig
             raise HTTPException(503, served.last_error or "the model is still loading")
         return recommender
 
-    batched = BatchedRanking(INLINE_RANKING_MAX_SESSIONS)
+    batched = BatchedRanking(RANKED_ALONE_MIN_SESSIONS)
 
     async def rank(
         recommender: SessionRecommender, sessions: list[list[str]], k: int, exclude_seen: bool

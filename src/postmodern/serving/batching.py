@@ -1,15 +1,20 @@
-"""Requests that arrive together are ranked together.
+"""Requests are ranked in passes on one ranking thread, beside the event loop: what waits is ranked together.
 
-The sessions of every small request read in one turn of the event loop wait for the next turn and are
-then ranked in one pass (per model and `exclude_seen`, with the largest k asked, cut back per request). An
-idle server ranks each request alone, one turn later. A busy one, or one that the machine paused for a
-moment, ranks its backlog in a few passes that cost far less per session than one pass each (one LSTM
-pass over the batch, one product with the catalogue), so a queue drains faster than it would otherwise.
+The event loop reads requests and answers them; the ranking thread ranks. While it ranks one pass, the
+requests that arrive wait, and the next pass takes all of them at once (per model and `exclude_seen`, with
+the largest k asked, cut back per request). So an idle server ranks each request alone, at once, and a busy
+one ranks larger passes that cost far less per session (one LSTM pass over the batch, one product with the
+catalogue): the passes grow with the load, and the queue drains. The loop and the ranking run on two cores:
+NumPy's products and element-wise loops let go of the interpreter lock while they work.
+
+A request of more than `alone_min_sessions` sessions is ranked alone in another thread, so that it holds up
+no small one.
 """
 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from fastapi.concurrency import run_in_threadpool
@@ -25,69 +30,69 @@ class _Pass:
     exclude_seen: bool
     requests: list[tuple[list[list[str]], int, asyncio.Future]] = field(default_factory=list)
 
-    def size(self) -> int:
-        return sum(len(sessions) for sessions, _, _ in self.requests)
-
-    def rank(self) -> list[Recommendation]:
+    def rank(self) -> list[Recommendation] | BaseException:
+        """The pass's recommendations, or the error that ranking it raised (its own requests fail, no other)."""
         sessions = [session for sessions, _, _ in self.requests for session in sessions]
-        return self.recommender.recommend(sessions, max(k for _, k, _ in self.requests), self.exclude_seen)
+        try:
+            return self.recommender.recommend(sessions, max(k for _, k, _ in self.requests), self.exclude_seen)
+        except Exception as error:
+            return error
 
-    def deliver(self, results: list[Recommendation]) -> None:
+    def deliver(self, results: list[Recommendation] | BaseException) -> None:
         start = 0
         for sessions, k, future in self.requests:
-            mine = results[start : start + len(sessions)]
             start += len(sessions)
-            if not future.done():  # a request whose client went away was cancelled
-                future.set_result([replace(r, items=r.items[:k]) if len(r.items) > k else r for r in mine])
+            if future.done():  # a request whose client went away was cancelled
+                continue
+            if isinstance(results, BaseException):
+                future.set_exception(results)
+                continue
+            mine = results[start - len(sessions) : start]
+            future.set_result([replace(r, items=r.items[:k]) if len(r.items) > k else r for r in mine])
 
-    def fail(self, error: BaseException) -> None:
-        for _, _, future in self.requests:
-            if not future.done():
-                future.set_exception(error)
+
+def _rank_passes(passes: list[_Pass]) -> list[list[Recommendation] | BaseException]:
+    return [batch.rank() for batch in passes]
 
 
 class BatchedRanking:
-    def __init__(self, inline_max_sessions: int) -> None:
-        """Passes of at most `inline_max_sessions` sessions run on the event loop (a thread hand-off would
-        cost more than ranking them); larger ones in a worker thread, while the loop goes on reading. A
-        request larger than that is ranked alone, in a thread."""
-        self.inline_max_sessions = inline_max_sessions
+    def __init__(self, alone_min_sessions: int = 64) -> None:
+        self.alone_min_sessions = alone_min_sessions
         self._waiting: dict[tuple[int, bool], _Pass] = {}
-        self._in_threads: set[asyncio.Task] = set()  # referenced until done, as asyncio asks
+        self._ranking = False  # a pass is on the ranking thread, or about to be
+        self._thread: ThreadPoolExecutor | None = None
 
     async def rank(
         self, recommender: SessionRecommender, sessions: list[list[str]], k: int, exclude_seen: bool
     ) -> list[Recommendation]:
-        if len(sessions) > self.inline_max_sessions:  # large enough to rank alone, and not hold up small ones
+        if len(sessions) >= self.alone_min_sessions:
             return await run_in_threadpool(recommender.recommend, sessions, k, exclude_seen)
         loop = asyncio.get_running_loop()
-        if not self._waiting:
-            loop.call_soon(self._rank_waiting)  # runs after every request read in this turn has joined
+        if not self._ranking:
+            self._ranking = True
+            loop.call_soon(self._next_pass, loop)  # after every request read in this turn has joined
         batch = self._waiting.setdefault((id(recommender), exclude_seen), _Pass(recommender, exclude_seen))
         future = loop.create_future()
         batch.requests.append((sessions, k, future))
         return await future
 
-    def _rank_waiting(self) -> None:
-        passes, self._waiting = list(self._waiting.values()), {}
-        for batch in passes:
-            if batch.size() > self.inline_max_sessions:
-                task = asyncio.ensure_future(self._rank_in_thread(batch))
-                self._in_threads.add(task)
-                task.add_done_callback(self._in_threads.discard)
-                continue
-            try:
-                results = batch.rank()
-            except Exception as error:  # the requests answer 500, as they would ranked one by one
-                batch.fail(error)
-            else:
-                batch.deliver(results)
+    def close(self) -> None:
+        """Let the ranking thread end once its pass is done."""
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
+            self._thread = None
 
-    @staticmethod
-    async def _rank_in_thread(batch: _Pass) -> None:
-        try:
-            results = await run_in_threadpool(batch.rank)
-        except Exception as error:
-            batch.fail(error)
-        else:
+    def _next_pass(self, loop: asyncio.AbstractEventLoop) -> None:
+        passes, self._waiting = list(self._waiting.values()), {}
+        if not passes:
+            self._ranking = False
+            return
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranking")
+        ranked = loop.run_in_executor(self._thread, _rank_passes, passes)
+        ranked.add_done_callback(lambda done: self._deliver(loop, passes, done))
+
+    def _deliver(self, loop: asyncio.AbstractEventLoop, passes: list[_Pass], ranked: asyncio.Future) -> None:
+        for batch, results in zip(passes, ranked.result(), strict=True):
             batch.deliver(results)
+        self._next_pass(loop)  # what arrived meanwhile, in one pass
