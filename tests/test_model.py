@@ -1,3 +1,4 @@
+import itertools
 import json
 from dataclasses import asdict, replace
 
@@ -18,6 +19,7 @@ from postmodern.model.lstm import (
     pad_batch,
     real_positions,
 )
+from postmodern.model.ranker import top_k
 from postmodern.model.train import (
     NegativeSampler,
     TrainConfig,
@@ -369,3 +371,35 @@ def test_the_transition_frequencies_are_mixed_in_after_their_first_item_only_in_
     weights = {name: torch.from_numpy(array) for name, array in arrays.items() if name != "train_counts"}
     loaded = LSTMRecommender.from_state_dict(model.config, weights)
     assert torch.equal(loaded.pair_keys, model.pair_keys) and torch.equal(loaded.pair_counts, model.pair_counts)
+
+
+@pytest.mark.parametrize("item_pairs", [True, False])
+def test_a_large_catalogue_is_ranked_from_a_rough_product_as_the_float32_model_ranks(monkeypatch, item_pairs):
+    """The int8 (one or two sessions) or bfloat16 (more) product only chooses candidates; their float32 scores rank
+    them: the same top 20 as the exact ranking, scores within a few parts in a thousand (only the unlikely tail's
+    share of the softmax is rough)."""
+    n_items = 3_000
+    rng = np.random.default_rng(1)
+    sessions = [rng.integers(1, n_items, size=rng.integers(2, 8)) for _ in range(3_000)]
+    counts = np.bincount(np.concatenate(sessions), minlength=n_items)
+    torch.manual_seed(0)
+    config = LSTMConfig(n_items=n_items, embedding_dim=32, hidden_dim=32, item_pairs=item_pairs)
+    model = LSTMRecommender(config, pair_counts=item_pair_counts(sessions, n_items) if item_pairs else None).eval()
+    with torch.no_grad():
+        model.item_embedding.weight.mul_(10)  # a peaked softmax, as a trained model's
+    assert ranker_of(model).output_rows_bfloat16 is None  # below the size where it pays
+    monkeypatch.setattr("postmodern.model.lstm.ROUGH_PRODUCT_MIN_ITEMS", 1_000)
+    ranker = LSTMRanker(model, counts)
+    assert ranker.output_rows_bfloat16 is not None
+    prefixes = [session[: rng.integers(1, len(session))] for session in sessions[:300]]
+    for exclude_seen, sessions_per_pass in itertools.product((False, True), (1, 2, 300)):
+        ranked = [
+            ranker.rank(prefixes[i : i + sessions_per_pass], 20, exclude_seen) for i in range(0, 300, sessions_per_pass)
+        ]
+        items, scores = (np.concatenate(part) for part in zip(*ranked, strict=True))
+        exact_items, exact_scores = top_k(ranker.probabilities(prefixes), prefixes, 20, exclude_seen)
+        overlap = np.mean([len(set(a) & set(b)) for a, b in zip(items.tolist(), exact_items.tolist(), strict=True)])
+        assert overlap / 20 >= 0.999  # and in the same order, but for near ties (the scores, position by position)
+        np.testing.assert_allclose(scores, exact_scores, rtol=5e-3, atol=1e-7)
+        if exclude_seen:
+            assert not any(set(row) & set(p.tolist()) for row, p in zip(items.tolist(), prefixes, strict=True))

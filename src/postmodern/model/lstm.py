@@ -26,6 +26,16 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from postmodern.model.dataset import PADDING_ID
 from postmodern.model.ranker import Ranker, RankerState
 
+# From this many items, the product of a session's state with every output vector is most of the cost of ranking
+# it, and it is bound by how fast the vectors are read from memory (a GB/s budget this machine's neighbours share):
+# ranking takes it from int8 vectors (a quarter of the bytes) for one or two sessions, and in bfloat16 on the CPU's
+# matrix units (AMX, AVX-512 BF16; flat in cost up to dozens of sessions) for more. That rough product only
+# chooses each row's best RESCORED_CANDIDATES, which are then scored again in float32: the ranking is the float32
+# model's, and only the unlikely tail's share of the softmax stays rough (bench/bench_serving.py measures it).
+ROUGH_PRODUCT_MIN_ITEMS = 16_384
+INT8_MAX_SESSIONS = 2
+RESCORED_CANDIDATES = 200
+
 
 @dataclass
 class LSTMConfig:
@@ -328,6 +338,13 @@ class LSTMRanker(Ranker):
         self.output_columns = np.ascontiguousarray(array(model.output_weight).T)  # [embedding, n_items]
         self.output_bias = array(model.output_bias)
         self.output_bias[PADDING_ID] = -np.inf
+        self.output_rows_bfloat16 = self.output_rows_int8 = self.output_row_scales = None
+        if self.n_items >= ROUGH_PRODUCT_MIN_ITEMS:
+            rows = torch.from_numpy(self.output_columns.T)
+            self.output_rows_bfloat16 = rows.to(torch.bfloat16).contiguous()
+            scales = rows.abs().amax(dim=1).clamp(min=1e-12) / 127  # each row's largest weight maps to 127
+            self.output_rows_int8 = torch.round(rows / scales[:, None]).to(torch.int8).contiguous()
+            self.output_row_scales = scales.to(torch.bfloat16)
         threadpool_limits(limits=1, user_api="blas")
 
     def state(self) -> RankerState:
@@ -385,6 +402,12 @@ class LSTMRanker(Ranker):
 
     def probabilities(self, prefixes: list[np.ndarray]) -> np.ndarray:
         """[batch, n_items] next-item probabilities after each (non-empty) prefix's last item; padding is 0."""
+        queries, latest = self.queries(prefixes)
+        probabilities, _, _ = self.mixture(queries @ self.output_columns, queries, latest)
+        return probabilities
+
+    def queries(self, prefixes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """[batch, embedding] each session's state in the item space, and [batch] its latest item."""
         items, lengths = padded_items(prefixes, self.max_length)
         last, every = self.lstm_states(items, lengths)
         in_item_space = last @ self.to_item_space + self.to_item_space_bias
@@ -397,22 +420,101 @@ class LSTMRanker(Ranker):
             in_item_space += self.item_transition[latest]
         if self.scale:
             in_item_space = unit_rows(in_item_space) * self.scale
-        probabilities = in_item_space @ self.output_columns
-        probabilities += self.output_bias
-        probabilities -= probabilities.max(axis=1, keepdims=True)  # exp cannot overflow
-        np.exp(probabilities, out=probabilities)
-        lstm_weight = 1.0 / probabilities.sum(axis=1)
+        return in_item_space, latest
+
+    def mixture(
+        self, products: np.ndarray, queries: np.ndarray, latest: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The probabilities from the products of the queries with the output vectors, in place: the softmax, mixed
+        with the latest item's pairs. Also each row's largest logit and the softmax's denominator less it."""
+        logits = products
+        logits += self.output_bias
+        largest = logits.max(axis=1)
+        logits -= largest[:, None]  # exp cannot overflow
+        probabilities = np.exp(logits, out=logits)
+        denominators = probabilities.sum(axis=1)
         if not self.mixes_pairs:
-            probabilities *= lstm_weight[:, None]
-            return probabilities
+            probabilities /= denominators[:, None]
+            return probabilities, largest, denominators
+        gates = self.pair_gates(queries, latest)
+        probabilities *= ((1.0 - gates) / denominators)[:, None]
         begins, ends = self.pair_starts[latest], self.pair_starts[latest + 1]
-        gate_logits = in_item_space @ self.pair_gate + self.pair_gate_bias
-        gates = np.where(ends > begins, 1.0 / (1.0 + np.exp(-gate_logits)), 0.0)
-        probabilities *= (lstm_weight * (1.0 - gates))[:, None]
         for row, (begin, end) in enumerate(zip(begins.tolist(), ends.tolist(), strict=True)):
             if end > begin:
                 probabilities[row, self.pair_next[begin:end]] += self.pair_frequencies[begin:end] * gates[row]
+        return probabilities, largest, denominators
+
+    def pair_gates(self, queries: np.ndarray, latest: np.ndarray) -> np.ndarray:
+        """[batch] the weight of the latest item's pairs in the mixture (0 where it has none, or no pairs at all)."""
+        if not self.mixes_pairs:
+            return np.zeros(len(latest), dtype=np.float32)
+        gate_logits = queries @ self.pair_gate + self.pair_gate_bias
+        has_pairs = self.pair_starts[latest + 1] > self.pair_starts[latest]
+        return np.where(has_pairs, 1.0 / (1.0 + np.exp(-gate_logits)), 0.0).astype(np.float32)
+
+    def item_logits(self, queries: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """[batch, c] the exact logits of each row's `columns` (item ids, c per row)."""
+        return self.output_bias[columns] + np.einsum("bd,dbc->bc", queries, self.output_columns[:, columns])
+
+    def mixed(
+        self, queries: np.ndarray, latest: np.ndarray, columns: np.ndarray, logits: np.ndarray, largest, denominators
+    ) -> np.ndarray:
+        """[batch, c] the probabilities of each row's `columns` from their `logits` and the row's softmax
+        denominator (of the logits less `largest`)."""
+        gates = self.pair_gates(queries, latest)
+        probabilities = np.exp(logits - largest[:, None]) * ((1.0 - gates) / denominators)[:, None]
+        if self.mixes_pairs:
+            begins, ends = self.pair_starts[latest], self.pair_starts[latest + 1]
+            for row, (begin, end) in enumerate(zip(begins.tolist(), ends.tolist(), strict=True)):
+                if end > begin:  # an item's pairs are sorted by the next item
+                    following = self.pair_next[begin:end]
+                    at = np.minimum(np.searchsorted(following, columns[row]), len(following) - 1)
+                    found = following[at] == columns[row]
+                    probabilities[row, found] += self.pair_frequencies[begin:end][at[found]] * gates[row]
         return probabilities
+
+    def rank_known(self, prefixes: list[np.ndarray], k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+        """`rank`: in float32 for a small catalogue; else a rough product (see ROUGH_PRODUCT_MIN_ITEMS) chooses
+        each row's best `RESCORED_CANDIDATES`, scored again in float32."""
+        if self.output_rows_bfloat16 is None or 2 * k > RESCORED_CANDIDATES:
+            return super().rank_known(prefixes, k, exclude_seen)
+        queries, latest = self.queries(prefixes)
+        rough_queries = torch.from_numpy(queries).to(torch.bfloat16)
+        with torch.inference_mode():
+            if len(prefixes) <= INT8_MAX_SESSIONS:
+                products = torch._weight_int8pack_mm(rough_queries, self.output_rows_int8, self.output_row_scales)
+            else:
+                products = F.linear(rough_queries, self.output_rows_bfloat16)
+        rough, largest, denominators = self.mixture(products.float().numpy(), queries, latest)
+        rough[:, PADDING_ID] = -1.0
+        if exclude_seen:
+            for row, prefix in enumerate(prefixes):
+                rough[row, prefix] = -1.0
+        rows = np.arange(len(rough))[:, None]
+        candidates = rough.argpartition(-RESCORED_CANDIDATES, axis=1)[:, -RESCORED_CANDIDATES:]
+        # In the denominator, the candidates' rough terms give way to their exact ones; the rest of the catalogue,
+        # far less probable, keeps its rough terms.
+        rough_logits = products[torch.from_numpy(rows), torch.from_numpy(candidates)].float().numpy()
+        rough_logits += self.output_bias[candidates]
+        exact_logits = self.item_logits(queries, candidates)
+        denominators = denominators + (
+            np.exp(exact_logits - largest[:, None]) - np.exp(rough_logits - largest[:, None])
+        ).sum(axis=1)
+        scores = self.mixed(queries, latest, candidates, exact_logits, largest, denominators)
+        scores[rough[rows, candidates] < 0] = -1.0  # padding and seen items, where they were among the candidates
+        order = (-scores).argsort(axis=1, kind="stable")[:, :k]
+        top_items, top_scores = candidates[rows, order], scores[rows, order]
+        if exclude_seen:  # each row's probabilities sum to 1: what is left is 1 less the seen items'
+            top_items[top_scores < 0] = PADDING_ID
+            seen = []
+            for row, prefix in enumerate(prefixes):
+                one = slice(row, row + 1)
+                items = np.unique(prefix)[None, :]
+                logits = self.item_logits(queries[one], items)
+                seen.append(self.mixed(queries[one], latest[one], items, logits, largest[one], denominators[one]).sum())
+            left = np.maximum(1.0 - np.array(seen, dtype=np.float32), 1e-30)[:, None]
+            top_scores = np.where(top_scores < 0, 0.0, top_scores / left)
+        return top_items, top_scores.astype(np.float32)
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
