@@ -10,6 +10,7 @@ from conftest import SUITE_ITEMS, cyclic_sessions
 from postmodern.evaluation.metrics import evaluate_ranker, next_item_cases
 from postmodern.model.bundle import BundleError, ModelBundle, SessionRecommender, make_bundle
 from postmodern.model.dataset import PADDING_ID, SessionSplits, Vocabulary
+from postmodern.model.families.blend import BlendRanker
 from postmodern.model.families.popularity import PopularityRanker
 from postmodern.model.lstm import (
     LSTMConfig,
@@ -377,7 +378,7 @@ def test_the_transition_frequencies_are_mixed_in_after_their_first_item_only_in_
 def test_a_large_catalogue_is_ranked_from_a_rough_product_as_the_float32_model_ranks(monkeypatch, item_pairs):
     """The int8 (one or two sessions) or bfloat16 (more) product only chooses candidates; their float32 scores rank
     them: the same top 20 as the exact ranking, scores within a few parts in a thousand (only the unlikely tail's
-    share of the softmax is rough)."""
+    share of the softmax is rough). A blend of such LSTMs ranks from their rough probabilities, as exactly."""
     n_items = 3_000
     rng = np.random.default_rng(1)
     sessions = [rng.integers(1, n_items, size=rng.integers(2, 8)) for _ in range(3_000)]
@@ -403,3 +404,11 @@ def test_a_large_catalogue_is_ranked_from_a_rough_product_as_the_float32_model_r
         np.testing.assert_allclose(scores, exact_scores, rtol=5e-3, atol=1e-7)
         if exclude_seen:
             assert not any(set(row) & set(p.tolist()) for row, p in zip(items.tolist(), prefixes, strict=True))
+    torch.manual_seed(1)
+    other = LSTMRanker(LSTMRecommender(replace(config, item_pairs=False)).eval(), counts)
+    blend = BlendRanker([ranker, other], [0.7, 0.3], counts)  # ranks from each LSTM's rough probabilities
+    items, scores = blend.rank(prefixes, 20)
+    exact_items, exact_scores = top_k(blend.probabilities(prefixes), prefixes, 20, False)
+    overlap = np.mean([len(set(a) & set(b)) for a, b in zip(items.tolist(), exact_items.tolist(), strict=True)])
+    assert overlap / 20 >= 0.999
+    np.testing.assert_allclose(scores, exact_scores, rtol=5e-3, atol=1e-7)

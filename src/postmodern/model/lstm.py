@@ -473,11 +473,9 @@ class LSTMRanker(Ranker):
                     probabilities[row, found] += self.pair_frequencies[begin:end][at[found]] * gates[row]
         return probabilities
 
-    def rank_known(self, prefixes: list[np.ndarray], k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
-        """`rank`: in float32 for a small catalogue; else a rough product (see ROUGH_PRODUCT_MIN_ITEMS) chooses
-        each row's best `RESCORED_CANDIDATES`, scored again in float32."""
-        if self.output_rows_bfloat16 is None or 2 * k > RESCORED_CANDIDATES:
-            return super().rank_known(prefixes, k, exclude_seen)
+    def rough_ranking(self, prefixes: list[np.ndarray], exclude_seen: bool) -> RoughRanking:
+        """A rough product (see ROUGH_PRODUCT_MIN_ITEMS) and each row's best `RESCORED_CANDIDATES` scored again
+        in float32. The seen items (with `exclude_seen`) and padding are below every item (-1)."""
         queries, latest = self.queries(prefixes)
         rough_queries = torch.from_numpy(queries).to(torch.bfloat16)
         with torch.inference_mode():
@@ -502,19 +500,53 @@ class LSTMRanker(Ranker):
         ).sum(axis=1)
         scores = self.mixed(queries, latest, candidates, exact_logits, largest, denominators)
         scores[rough[rows, candidates] < 0] = -1.0  # padding and seen items, where they were among the candidates
-        order = (-scores).argsort(axis=1, kind="stable")[:, :k]
-        top_items, top_scores = candidates[rows, order], scores[rows, order]
+        return RoughRanking(rough, candidates, scores, queries, latest, largest, denominators)
+
+    def ranking_probabilities(self, prefixes: list[np.ndarray]) -> np.ndarray:
+        """`probabilities`; at a large catalogue, a rough product's, each row's best scored again in float32."""
+        if self.output_rows_bfloat16 is None:
+            return self.probabilities(prefixes)
+        ranking = self.rough_ranking(prefixes, exclude_seen=False)
+        ranking.probabilities[np.arange(len(prefixes))[:, None], ranking.candidates] = ranking.scores
+        ranking.probabilities[:, PADDING_ID] = 0.0
+        return ranking.probabilities
+
+    def rank_known(self, prefixes: list[np.ndarray], k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+        """`rank`: in float32 for a small catalogue; else from `rough_ranking`."""
+        if self.output_rows_bfloat16 is None or 2 * k > RESCORED_CANDIDATES:
+            return super().rank_known(prefixes, k, exclude_seen)
+        ranking = self.rough_ranking(prefixes, exclude_seen)
+        rows = np.arange(len(prefixes))[:, None]
+        order = (-ranking.scores).argsort(axis=1, kind="stable")[:, :k]
+        top_items, top_scores = ranking.candidates[rows, order], ranking.scores[rows, order]
         if exclude_seen:  # each row's probabilities sum to 1: what is left is 1 less the seen items'
             top_items[top_scores < 0] = PADDING_ID
             seen = []
             for row, prefix in enumerate(prefixes):
                 one = slice(row, row + 1)
                 items = np.unique(prefix)[None, :]
-                logits = self.item_logits(queries[one], items)
-                seen.append(self.mixed(queries[one], latest[one], items, logits, largest[one], denominators[one]).sum())
+                queries, latest = ranking.queries[one], ranking.latest[one]
+                logits = self.item_logits(queries, items)
+                seen.append(
+                    self.mixed(queries, latest, items, logits, ranking.largest[one], ranking.denominators[one]).sum()
+                )
             left = np.maximum(1.0 - np.array(seen, dtype=np.float32), 1e-30)[:, None]
             top_scores = np.where(top_scores < 0, 0.0, top_scores / left)
         return top_items, top_scores.astype(np.float32)
+
+
+@dataclass
+class RoughRanking:
+    """`LSTMRanker.rough_ranking`: the rough probabilities [batch, n_items], the candidates and their float32
+    probabilities [batch, RESCORED_CANDIDATES], and what scoring other items the same way takes."""
+
+    probabilities: np.ndarray
+    candidates: np.ndarray
+    scores: np.ndarray
+    queries: np.ndarray
+    latest: np.ndarray
+    largest: np.ndarray
+    denominators: np.ndarray
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from postmodern.model.dataset import PADDING_ID, UNKNOWN_ID, SessionSplits
 from postmodern.model.families.base import Family, FitContext, Fitted
-from postmodern.model.ranker import Ranker, RankerState
+from postmodern.model.ranker import Ranker, RankerState, top_k
 
 WEIGHT_STEP = 0.1
 SEARCH_CHUNK = 512  # validation cases whose dense probabilities are held at once, per part
@@ -40,10 +40,17 @@ class BlendRanker(Ranker):
         self.tie_break[PADDING_ID] = 0.0
 
     def probabilities(self, prefixes: list[np.ndarray]) -> np.ndarray:
-        mixed = self.parts[0].probabilities(prefixes)
+        return self.mix(prefixes, [part.probabilities for part in self.parts])
+
+    def rank_known(self, prefixes: list[np.ndarray], k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+        """From the parts' ranking probabilities (a large catalogue's LSTM: rough, but exact where it is high)."""
+        return top_k(self.mix(prefixes, [part.ranking_probabilities for part in self.parts]), prefixes, k, exclude_seen)
+
+    def mix(self, prefixes: list[np.ndarray], part_probabilities: list) -> np.ndarray:
+        mixed = part_probabilities[0](prefixes)
         mixed *= self.weights[0]
-        for part, weight in zip(self.parts[1:], self.weights[1:], strict=True):
-            mixed += weight * part.probabilities(prefixes)
+        for probabilities, weight in zip(part_probabilities[1:], self.weights[1:], strict=True):
+            mixed += weight * probabilities(prefixes)
         mixed += self.tie_break
         return mixed
 
