@@ -3,13 +3,14 @@
     .venv/bin/python bench/bench_serving.py                     # the target rate for 30 s, then the highest rate
     .venv/bin/python bench/bench_serving.py --scale 0.2         # a quick look (shorter runs)
     .venv/bin/python bench/bench_serving.py --workdir /tmp/sb   # keep the data and model for the next run
+    .venv/bin/python bench/bench_serving.py --profile coveo-full --family vsknn   # 57,000 items, V-SKNN
 
-What it serves and sends: data generated as `make run` does (profile `small`, or `--profile coveo-full
---sessions N` for the full 66k-product catalogue), loaded and built by dbt, split by time; an LSTM of the
-flow's default size trained for one epoch on a sample of the training sessions (latency depends on the
-sizes, not on the weights); and requests
-made of the test set's sessions as a shopper's browser would send them mid-session: the SKUs seen so far
-(unknown ones included), one session per request, k = 20.
+What it serves and sends: data generated as `make run` does (profile `small`, or `--profile coveo-full` for
+the full catalogue: 36M events, 57,000 products in the deployed vocabulary), loaded and built by dbt, split by
+time as the flow's deploy splits it; a model of `--family` (the LSTM of the flow's default size trained for one
+epoch on a sample of the training sessions: latency depends on the sizes, not on the weights; the baselines
+fitted on every session); and requests made of the test set's sessions as a shopper's browser would send them
+mid-session: the SKUs seen so far (unknown ones included), one session per request, k = 20.
 
 The load generator is Debian's `wrk` with `wrk_paced.lua`: one connection per thread, each sending on a
 fixed schedule, latency counted from when a request was due (see the script: wrk alone is closed-loop and
@@ -57,26 +58,25 @@ MAX_RATE_P99_MS = 50
 # Each profile's target: p99 under this many milliseconds at this rate, with no error.
 TARGETS = {"small": (2000, 5.0), "coveo-full": (1000, 10.0)}
 RECALL_CASES = 5_000
+# The baselines' configurations (each family's best on YOOCHOOSE 1/64's validation cases).
+BASELINE_PARAMS = {
+    "cooccurrence": {"window": 3, "directed": False, "weighting": "last"},
+    "vsknn": {"k": 200, "sample_size": 1000, "score_decay": True, "skip_latest": False},
+}
 RATE_STEPS = (1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000)
 LOWER_RATES = (750, 500, 250, 100)
 LUA = Path(__file__).with_name("wrk_paced.lua")
 
 
-def prepare_model_and_requests(
-    workdir: Path, profile: str, sessions: int | None, n_requests: int, train_sessions: int
-) -> dict:
-    """Generate, load, build, split, train one epoch on a sample of the training sessions (the vocabulary is all
-    of them: latency depends on the sizes, not on the weights), publish; write the request bodies. Reused when
-    done: a workdir's warehouse is read as it is, and data already generated there is loaded as it is."""
+def prepare_data_and_requests(workdir: Path, profile: str, sessions: int | None, n_requests: int) -> dict:
+    """Generate, load, build, split as the flow's deploy does (training and validation sessions together); write
+    the splits, test cases and request bodies. Reused when done: a workdir's warehouse is read as it is, and data
+    already generated there is loaded as it is."""
     summary_path = workdir / "prepared.json"
     if summary_path.exists():
         return json.loads(summary_path.read_text())
     from postmodern.evaluation.metrics import next_item_cases
-    from postmodern.model.bundle import make_bundle
     from postmodern.model.dataset import read_session_mart, refit_splits
-    from postmodern.model.lstm import LSTMConfig, LSTMRanker
-    from postmodern.model.train import TrainConfig, train_lstm
-    from postmodern.serving.registry import publish
     from postmodern.transform.dbt_runner import run_dbt_build
     from postmodern.warehouse import connect
 
@@ -87,18 +87,14 @@ def prepare_model_and_requests(
             generate = [*cli, "generate", "--profile", profile, "--output", str(workdir / "coveo"), "--quiet"]
             subprocess.run(generate + (["--sessions", str(sessions)] if sessions else []), check=True)
         load = [*cli, "load", "--path", str(workdir / "coveo"), "--quiet"]
-        subprocess.run(load, check=True, env=bench_env(workdir))
+        subprocess.run(load, check=True, env=bench_env(workdir, "none"))
         build = run_dbt_build(settings)
         assert not build.failed_tests, build.failed_tests
     warehouse = connect(settings)  # dbt ran in this process: DuckDB wants the same connection settings
     mart = read_session_mart(warehouse, settings.application_api_key)
     warehouse.close()
     splits = refit_splits(mart)  # what the flow deploys: trained on the training and validation sessions
-    model_config = LSTMConfig(splits.vocabulary.size_with_padding)
-    sample = random.Random(0).sample(splits.train, min(train_sessions, len(splits.train)))
-    result = train_lstm(replace(splits, train=sample), model_config, TrainConfig(epochs=1), progress=False)
-    bundle = make_bundle(LSTMRanker(result.model, splits.train_counts), splits.vocabulary, {"model_version": "bench"})
-    publish(bundle, workdir / "registry")
+    (workdir / "splits.pkl").write_bytes(pickle.dumps(splits))
 
     # The test period's sessions as the shop sent them (repeats and SKUs unknown to the model included).
     starts = mart.column("session_start_at").to_numpy()
@@ -115,27 +111,71 @@ def prepare_model_and_requests(
             skus = rng.choice(test_sessions)
             seen = skus[: rng.randint(1, len(skus) - 1)]
             bodies.write(json.dumps({"sessions": [seen], "k": 20}) + "\n")
-    summary = {
-        "profile": profile,
-        "catalogue_items": len(splits.vocabulary),
-        "trained_on_sessions": len(sample),
-        "test_sessions": len(test_sessions),
-        "model": {"embedding_dim": model_config.embedding_dim, "hidden_dim": model_config.hidden_dim},
-    }
+    summary = {"profile": profile, "catalogue_items": len(splits.vocabulary), "test_sessions": len(test_sessions)}
     summary_path.write_text(json.dumps(summary))
     return summary
 
 
-def ranking_recall(workdir: Path, pass_sessions: int = 8) -> dict:
+def publish_model(workdir: Path, family_name: str, train_sessions: int) -> dict:
+    """A model of the family, published to its own registry in the workdir (reused when there): the LSTM of the
+    flow's default size trained for one epoch on a sample of the training sessions (latency depends on the sizes,
+    not on the weights); co-occurrence and V-SKNN fitted on every training session (their cost grows with what
+    they index); a blend of the LSTM and co-occurrence."""
+    summary_path = workdir / f"model-{family_name}.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    from postmodern.model.bundle import make_bundle
+    from postmodern.model.families import FitContext, family
+    from postmodern.model.families.blend import BlendRanker
+    from postmodern.model.lstm import LSTMConfig, LSTMRanker
+    from postmodern.model.train import TrainConfig, train_lstm
+    from postmodern.serving.registry import publish
+
+    splits = pickle.loads((workdir / "splits.pkl").read_bytes())
+    context = FitContext(validation=None, progress=False)
+
+    def lstm() -> LSTMRanker:
+        sample = random.Random(0).sample(splits.train, min(train_sessions, len(splits.train)))
+        config = LSTMConfig(splits.vocabulary.size_with_padding)
+        result = train_lstm(replace(splits, train=sample), config, TrainConfig(epochs=1), progress=False)
+        return LSTMRanker(result.model, splits.train_counts)
+
+    def baseline(name: str):
+        return family(name).build(splits, BASELINE_PARAMS[name], context)[0]
+
+    if family_name == "lstm":
+        ranker = lstm()
+    elif family_name == "blend":
+        ranker = BlendRanker([lstm(), baseline("cooccurrence")], [0.6, 0.4], splits.train_counts)
+    else:
+        ranker = baseline(family_name)
+    publish(
+        make_bundle(ranker, splits.vocabulary, {"model_version": f"bench-{family_name}"}),
+        registry(workdir, family_name),
+    )
+    summary = {
+        "family": family_name,
+        "params": ranker.params if family_name != "lstm" else {"embedding_dim": 128, "hidden_dim": 256},
+    }
+    summary_path.write_text(json.dumps(summary, default=str))
+    return summary
+
+
+def registry(workdir: Path, family_name: str) -> Path:
+    return workdir / f"registry-{family_name}"
+
+
+def ranking_recall(workdir: Path, family_name: str, pass_sessions: int = 8) -> dict:
     """The served ranking (in passes of `pass_sessions`, as a busy server ranks what waits) against the exact one
-    (the top 20 of the model's full probabilities) on test cases: the share of the exact top 20 that is served,
-    HR@20 and MRR@20 of both."""
+    on test cases: the share of the exact top 20 that is served, HR@20 and MRR@20 of both. Exact: the top 20 of
+    the model's float32 probabilities (a sparse family's own ranking, which breaks its ties by popularity)."""
     from postmodern.evaluation.metrics import accuracy_metrics
     from postmodern.model.bundle import ModelBundle, SessionRecommender
     from postmodern.model.ranker import top_k
+    from postmodern.model.sparse import SparseRanker
     from postmodern.serving.registry import latest_bundle_dir
 
-    ranker = SessionRecommender(ModelBundle.load(latest_bundle_dir(workdir / "registry"))).ranker
+    ranker = SessionRecommender(ModelBundle.load(latest_bundle_dir(registry(workdir, family_name)))).ranker
     cases = pickle.loads((workdir / "test_cases.pkl").read_bytes())
     known = [case for case, prefix in enumerate(cases.prefixes) if len(prefix)]
     prefixes, targets = [cases.prefixes[case] for case in known], cases.targets[known]
@@ -144,7 +184,9 @@ def ranking_recall(workdir: Path, pass_sessions: int = 8) -> dict:
     )
     exact = np.concatenate(
         [
-            top_k(ranker.probabilities(prefixes[i : i + 256]), prefixes[i : i + 256], 20, False)[0]
+            ranker.rank(prefixes[i : i + 256], 20)[0]
+            if isinstance(ranker, SparseRanker)
+            else top_k(ranker.probabilities(prefixes[i : i + 256]), prefixes[i : i + 256], 20, False)[0]
             for i in range(0, len(prefixes), 256)
         ]
     )
@@ -157,12 +199,12 @@ def ranking_recall(workdir: Path, pass_sessions: int = 8) -> dict:
     }
 
 
-def bench_env(workdir: Path) -> dict[str, str]:
+def bench_env(workdir: Path, family_name: str) -> dict[str, str]:
     return {
         **os.environ,
         "DUCKDB_PATH": str(workdir / "warehouse.duckdb"),
         "DATA_DIR": str(workdir),
-        "REGISTRY_DIR": str(workdir / "registry"),
+        "REGISTRY_DIR": str(registry(workdir, family_name)),
         "MAX_SESSIONS": "",
         "SERVING_API_KEY": "",
     }
@@ -174,11 +216,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(workdir: Path, port: int) -> subprocess.Popen:
+def start_server(workdir: Path, family_name: str, port: int) -> subprocess.Popen:
     log = (workdir / "server.log").open("wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "postmodern.cli", "serve", "--port", str(port)],
-        env=bench_env(workdir),
+        env=bench_env(workdir, family_name),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -207,7 +249,7 @@ def stolen_cpu_seconds() -> float:
 def paced_run(port: int, bodies: Path, rate: int, seconds: float) -> dict:
     """One wrk run at `rate` requests/s; its JSON line, plus the achieved rate and an error count."""
     command = [
-        "wrk", "-t", str(CONNECTIONS), "-c", str(CONNECTIONS), "-d", f"{seconds:g}s", "--timeout", "2s",
+        "wrk", "-t", str(CONNECTIONS), "-c", str(CONNECTIONS), "-d", f"{max(1, round(seconds))}s", "--timeout", "2s",
         "-s", str(LUA), f"http://127.0.0.1:{port}", "--", str(bodies), str(rate), str(CONNECTIONS),
     ]  # fmt: skip
     output = subprocess.run(command, check=True, capture_output=True, text=True, timeout=seconds + 60).stdout
@@ -258,8 +300,10 @@ def main() -> None:
     )
     parser.add_argument("--profile", default="small", choices=sorted(PROFILES), help="generated data (default small)")
     parser.add_argument("--sessions", type=int, help="override the profile's number of sessions")
+    parser.add_argument("--family", default="lstm", choices=["lstm", "cooccurrence", "vsknn", "blend"],
+                        help="the model family served (default lstm; blend: the LSTM and co-occurrence)")  # fmt: skip
     parser.add_argument("--train-sessions", type=int, default=20_000,
-                        help="training sessions the model's one epoch reads (default 20,000)")  # fmt: skip
+                        help="training sessions the LSTM's one epoch reads (default 20,000)")  # fmt: skip
     parser.add_argument("--workdir", type=Path, help="keep data, model and request bodies here (default: temporary)")
     args = parser.parse_args()
     target_rate, target_p99_ms = TARGETS.get(args.profile, (1000, 10.0))
@@ -271,14 +315,15 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     server = None
     try:
-        prepared = prepare_model_and_requests(
-            workdir, args.profile, args.sessions, n_requests=20_000, train_sessions=args.train_sessions
-        )
+        prepared = {
+            **prepare_data_and_requests(workdir, args.profile, args.sessions, n_requests=20_000),
+            **publish_model(workdir, args.family, args.train_sessions),
+        }
         print(f"serving {prepared}", flush=True)
-        recall = ranking_recall(workdir)
+        recall = ranking_recall(workdir, args.family)
         print(f"ranking recall {recall}", flush=True)
         port = free_port()
-        server = start_server(workdir, port)
+        server = start_server(workdir, args.family, port)
         bodies = workdir / "bodies.jsonl"
         paced_run(port, bodies, args.rate, max(2.0, 5 * args.scale))  # warm-up, not reported
         main_runs = [
