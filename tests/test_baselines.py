@@ -159,3 +159,15 @@ def test_vsknn_without_the_latest_item_scores_everything_else_as_before():
     assert every[np.arange(len(prefixes)), latest].all() and not skipping[np.arange(len(prefixes)), latest].any()
     every[np.arange(len(prefixes)), latest] = 0
     np.testing.assert_allclose(skipping, every)
+
+
+@pytest.mark.parametrize("weighting", ["last", "div"])
+def test_cooccurrence_gives_a_few_prefixes_the_probabilities_of_its_sparse_product(weighting):
+    rng = np.random.default_rng(3)
+    sessions = [rng.integers(1, 40, size=rng.integers(2, 9)) for _ in range(500)]
+    ranker = CooccurrenceRanker.from_sessions(sessions, counts_of(sessions, 40), window=3, weighting=weighting)
+    prefixes = [np.array([5, 7, 5]), np.array([39]), np.array([1, 2, 3, 4, 5, 6]), np.array([12, 12])]
+    few = ranker.probabilities(prefixes)  # row by row
+    many = ranker.probabilities(prefixes * 5)  # one sparse product
+    np.testing.assert_allclose(few, many[: len(prefixes)], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(few.sum(axis=1), 1.0, rtol=1e-5)

@@ -16,6 +16,9 @@ from postmodern.model.sparse import SparseRanker, csr_arrays, csr_from_arrays, p
 WEIGHTINGS = ("last", "div")
 
 
+FEW_PREFIXES = 16
+
+
 class CooccurrenceRanker(SparseRanker):
     """Session-aware co-occurrence: every item of the prefix votes with its row of `transitions`."""
 
@@ -38,6 +41,27 @@ class CooccurrenceRanker(SparseRanker):
     ) -> CooccurrenceRanker:
         params = {"window": window, "directed": directed, "weighting": weighting}
         return cls(cooccurrence_matrix(sessions, len(train_counts), window, directed), train_counts, params)
+
+    def probabilities(self, prefixes: list[np.ndarray]) -> np.ndarray:
+        """As `SparseRanker.probabilities`; a few prefixes (serving's passes, a blend's part) straight from the
+        rows of `transitions`, without a sparse product's fixed cost (a fifth of it at 57,000 items)."""
+        if len(prefixes) > FEW_PREFIXES:
+            return super().probabilities(prefixes)
+        probabilities = np.empty((len(prefixes), self.n_items), dtype=np.float32)
+        transitions = self.transitions
+        for row, prefix in enumerate(prefixes):
+            steps_back = np.arange(len(prefix), 0, -1)  # 1 for the latest item
+            if self.params["weighting"] == "last":
+                prefix, steps_back = prefix[-1:], steps_back[-1:]
+            begins, ends = transitions.indptr[prefix], transitions.indptr[prefix + 1]
+            items = np.concatenate([transitions.indices[b:e] for b, e in zip(begins, ends, strict=True)])
+            votes = np.concatenate(
+                [transitions.data[b:e] / steps for b, e, steps in zip(begins, ends, steps_back, strict=True)]
+            )
+            scores = np.bincount(items, votes, minlength=self.n_items)
+            total = scores.sum()
+            probabilities[row] = scores / total if total > 0 else scores
+        return probabilities
 
     def score_chunk(self, prefixes: list[np.ndarray]) -> sp.csr_matrix:
         rows, items, positions, lengths = prefix_positions(prefixes)
