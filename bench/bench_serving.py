@@ -87,7 +87,7 @@ def prepare_data_and_requests(workdir: Path, profile: str, sessions: int | None,
             generate = [*cli, "generate", "--profile", profile, "--output", str(workdir / "coveo"), "--quiet"]
             subprocess.run(generate + (["--sessions", str(sessions)] if sessions else []), check=True)
         load = [*cli, "load", "--path", str(workdir / "coveo"), "--quiet"]
-        subprocess.run(load, check=True, env=bench_env(workdir, "none"))
+        subprocess.run(load, check=True, env=bench_env(workdir))
         build = run_dbt_build(settings)
         assert not build.failed_tests, build.failed_tests
     warehouse = connect(settings)  # dbt ran in this process: DuckDB wants the same connection settings
@@ -153,10 +153,7 @@ def publish_model(workdir: Path, family_name: str, train_sessions: int) -> dict:
         make_bundle(ranker, splits.vocabulary, {"model_version": f"bench-{family_name}"}),
         registry(workdir, family_name),
     )
-    summary = {
-        "family": family_name,
-        "params": ranker.params if family_name != "lstm" else {"embedding_dim": 128, "hidden_dim": 256},
-    }
+    summary = {"family": family_name, "params": ranker.params}
     summary_path.write_text(json.dumps(summary, default=str))
     return summary
 
@@ -199,14 +196,16 @@ def ranking_recall(workdir: Path, family_name: str, pass_sessions: int = 8) -> d
     }
 
 
-def bench_env(workdir: Path, family_name: str) -> dict[str, str]:
+def bench_env(workdir: Path, family_name: str | None = None) -> dict[str, str]:
+    """The environment of the CLI's processes: the workdir's warehouse, and the family's registry to serve."""
+    served = {"REGISTRY_DIR": str(registry(workdir, family_name))} if family_name else {}
     return {
         **os.environ,
         "DUCKDB_PATH": str(workdir / "warehouse.duckdb"),
         "DATA_DIR": str(workdir),
-        "REGISTRY_DIR": str(registry(workdir, family_name)),
         "MAX_SESSIONS": "",
         "SERVING_API_KEY": "",
+        **served,
     }
 
 

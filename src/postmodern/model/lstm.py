@@ -403,7 +403,7 @@ class LSTMRanker(Ranker):
     def probabilities(self, prefixes: list[np.ndarray]) -> np.ndarray:
         """[batch, n_items] next-item probabilities after each (non-empty) prefix's last item; padding is 0."""
         queries, latest = self.queries(prefixes)
-        probabilities, _, _ = self.mixture(queries @ self.output_columns, queries, latest)
+        probabilities, *_ = self.mixture(queries @ self.output_columns, queries, latest)
         return probabilities
 
     def queries(self, prefixes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -424,25 +424,26 @@ class LSTMRanker(Ranker):
 
     def mixture(
         self, products: np.ndarray, queries: np.ndarray, latest: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The probabilities from the products of the queries with the output vectors, in place: the softmax, mixed
-        with the latest item's pairs. Also each row's largest logit and the softmax's denominator less it."""
+        with the latest item's pairs. Also each row's largest logit, the softmax's denominator less it, and the
+        pairs' gate."""
         logits = products
         logits += self.output_bias
         largest = logits.max(axis=1)
         logits -= largest[:, None]  # exp cannot overflow
         probabilities = np.exp(logits, out=logits)
         denominators = probabilities.sum(axis=1)
+        gates = self.pair_gates(queries, latest)
         if not self.mixes_pairs:
             probabilities /= denominators[:, None]
-            return probabilities, largest, denominators
-        gates = self.pair_gates(queries, latest)
+            return probabilities, largest, denominators, gates
         probabilities *= ((1.0 - gates) / denominators)[:, None]
         begins, ends = self.pair_starts[latest], self.pair_starts[latest + 1]
         for row, (begin, end) in enumerate(zip(begins.tolist(), ends.tolist(), strict=True)):
             if end > begin:
                 probabilities[row, self.pair_next[begin:end]] += self.pair_frequencies[begin:end] * gates[row]
-        return probabilities, largest, denominators
+        return probabilities, largest, denominators, gates
 
     def pair_gates(self, queries: np.ndarray, latest: np.ndarray) -> np.ndarray:
         """[batch] the weight of the latest item's pairs in the mixture (0 where it has none, or no pairs at all)."""
@@ -457,11 +458,10 @@ class LSTMRanker(Ranker):
         return self.output_bias[columns] + np.einsum("bd,dbc->bc", queries, self.output_columns[:, columns])
 
     def mixed(
-        self, queries: np.ndarray, latest: np.ndarray, columns: np.ndarray, logits: np.ndarray, largest, denominators
+        self, latest: np.ndarray, columns: np.ndarray, logits: np.ndarray, largest, denominators, gates
     ) -> np.ndarray:
-        """[batch, c] the probabilities of each row's `columns` from their `logits` and the row's softmax
-        denominator (of the logits less `largest`)."""
-        gates = self.pair_gates(queries, latest)
+        """[batch, c] the probabilities of each row's `columns` from their `logits`, the row's softmax denominator
+        (of the logits less `largest`) and its pairs' gate, as `mixture` made them."""
         probabilities = np.exp(logits - largest[:, None]) * ((1.0 - gates) / denominators)[:, None]
         if self.mixes_pairs:
             begins, ends = self.pair_starts[latest], self.pair_starts[latest + 1]
@@ -483,7 +483,7 @@ class LSTMRanker(Ranker):
                 products = torch._weight_int8pack_mm(rough_queries, self.output_rows_int8, self.output_row_scales)
             else:
                 products = F.linear(rough_queries, self.output_rows_bfloat16)
-        rough, largest, denominators = self.mixture(products.float().numpy(), queries, latest)
+        rough, largest, denominators, gates = self.mixture(products.float().numpy(), queries, latest)
         rough[:, PADDING_ID] = -1.0
         if exclude_seen:
             for row, prefix in enumerate(prefixes):
@@ -498,9 +498,9 @@ class LSTMRanker(Ranker):
         denominators = denominators + (
             np.exp(exact_logits - largest[:, None]) - np.exp(rough_logits - largest[:, None])
         ).sum(axis=1)
-        scores = self.mixed(queries, latest, candidates, exact_logits, largest, denominators)
+        scores = self.mixed(latest, candidates, exact_logits, largest, denominators, gates)
         scores[rough[rows, candidates] < 0] = -1.0  # padding and seen items, where they were among the candidates
-        return RoughRanking(rough, candidates, scores, queries, latest, largest, denominators)
+        return RoughRanking(rough, candidates, scores, queries, latest, largest, denominators, gates)
 
     def ranking_probabilities(self, prefixes: list[np.ndarray]) -> np.ndarray:
         """`probabilities`; at a large catalogue, a rough product's, each row's best scored again in float32."""
@@ -525,11 +525,16 @@ class LSTMRanker(Ranker):
             for row, prefix in enumerate(prefixes):
                 one = slice(row, row + 1)
                 items = np.unique(prefix)[None, :]
-                queries, latest = ranking.queries[one], ranking.latest[one]
-                logits = self.item_logits(queries, items)
-                seen.append(
-                    self.mixed(queries, latest, items, logits, ranking.largest[one], ranking.denominators[one]).sum()
+                logits = self.item_logits(ranking.queries[one], items)
+                mixed = self.mixed(
+                    ranking.latest[one],
+                    items,
+                    logits,
+                    ranking.largest[one],
+                    ranking.denominators[one],
+                    ranking.gates[one],
                 )
+                seen.append(mixed.sum())
             left = np.maximum(1.0 - np.array(seen, dtype=np.float32), 1e-30)[:, None]
             top_scores = np.where(top_scores < 0, 0.0, top_scores / left)
         return top_items, top_scores.astype(np.float32)
@@ -547,6 +552,7 @@ class RoughRanking:
     latest: np.ndarray
     largest: np.ndarray
     denominators: np.ndarray
+    gates: np.ndarray
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:

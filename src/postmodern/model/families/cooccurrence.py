@@ -14,9 +14,7 @@ from postmodern.model.ranker import Ranker, RankerState
 from postmodern.model.sparse import SparseRanker, csr_arrays, csr_from_arrays, prefix_positions
 
 WEIGHTINGS = ("last", "div")
-
-
-FEW_PREFIXES = 16
+FEW_PREFIXES = 16  # or fewer: probabilities gathered from the rows of `transitions`, without a sparse product
 
 
 class CooccurrenceRanker(SparseRanker):
@@ -47,30 +45,34 @@ class CooccurrenceRanker(SparseRanker):
         rows of `transitions`, without a sparse product's fixed cost (a fifth of it at 57,000 items)."""
         if len(prefixes) > FEW_PREFIXES:
             return super().probabilities(prefixes)
-        probabilities = np.empty((len(prefixes), self.n_items), dtype=np.float32)
+        rows, items, weights = self.votes(prefixes)
         transitions = self.transitions
-        for row, prefix in enumerate(prefixes):
-            steps_back = np.arange(len(prefix), 0, -1)  # 1 for the latest item
-            if self.params["weighting"] == "last":
-                prefix, steps_back = prefix[-1:], steps_back[-1:]
-            begins, ends = transitions.indptr[prefix], transitions.indptr[prefix + 1]
-            items = np.concatenate([transitions.indices[b:e] for b, e in zip(begins, ends, strict=True)])
-            votes = np.concatenate(
-                [transitions.data[b:e] / steps for b, e, steps in zip(begins, ends, steps_back, strict=True)]
-            )
-            scores = np.bincount(items, votes, minlength=self.n_items)
-            total = scores.sum()
-            probabilities[row] = scores / total if total > 0 else scores
+        begins = transitions.indptr[items]
+        lengths = transitions.indptr[items + 1] - begins
+        # every voting item's row of `transitions`, one after another
+        positions = np.repeat(begins - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+        cells = np.repeat(rows, lengths) * self.n_items + transitions.indices[positions]
+        votes = transitions.data[positions] * np.repeat(weights, lengths)
+        scores = np.bincount(cells, votes, minlength=len(prefixes) * self.n_items).reshape(len(prefixes), -1)
+        probabilities = scores.astype(np.float32)
+        totals = probabilities.sum(axis=1, keepdims=True)
+        probabilities /= np.where(totals > 0, totals, 1.0)
         return probabilities
 
     def score_chunk(self, prefixes: list[np.ndarray]) -> sp.csr_matrix:
+        rows, items, weights = self.votes(prefixes)
+        query = sp.csr_matrix((weights, (rows, items)), shape=(len(prefixes), self.n_items))
+        return query @ self.transitions
+
+    def votes(self, prefixes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The items that vote, their prefix's row, and the weight of their vote: 1 / steps back from the latest
+        (the latest alone, weighting "last")."""
         rows, items, positions, lengths = prefix_positions(prefixes)
         steps_back = lengths - positions + 1  # 1 for the latest item
         if self.params["weighting"] == "last":
             latest = steps_back == 1
             rows, items, steps_back = rows[latest], items[latest], steps_back[latest]
-        query = sp.csr_matrix((1.0 / steps_back, (rows, items)), shape=(len(prefixes), self.n_items))
-        return query @ self.transitions
+        return rows, items, 1.0 / steps_back
 
     def state(self) -> RankerState:
         arrays = {"train_counts": self.train_counts, **csr_arrays(self.transitions, "transitions")}
