@@ -10,6 +10,7 @@ import pytest
 
 from postmodern.config import Settings, load_settings
 from postmodern.data.generator import PROFILES, GeneratorConfig, generate_dataset
+from postmodern.warehouse import connect
 
 SNOWFLAKE_CREDENTIALS = {
     "warehouse": "snowflake",
@@ -32,6 +33,18 @@ def make_settings(tmp: Path, **overrides) -> Settings:
     )
 
 
+def log_rows(settings: Settings, role: str = "raw") -> list[dict]:
+    """Every row of one of the append-only tables (`LogTables` role)."""
+    warehouse = connect(settings)
+    try:
+        name = getattr(settings.log_tables, role)
+        # the raw log's documents come back as JSON text, as an export of the log would write them
+        columns = "* replace (to_json(raw_data) as raw_data)" if role == "raw" else "*"
+        return warehouse.query(f"select {columns} from {warehouse.qualified(name)}").to_pylist()
+    finally:
+        warehouse.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_config() -> GeneratorConfig:
     return PROFILES["tiny"]
@@ -49,7 +62,6 @@ def built_warehouse(tmp_path_factory, tiny_data):
     """A warehouse with the tiny data loaded and `dbt build` run on it (shared, read it only)."""
     from postmodern.data.load import load_source
     from postmodern.transform.dbt_runner import run_dbt_build
-    from postmodern.warehouse import connect
 
     settings = make_settings(tmp_path_factory.mktemp("warehouse"))
     warehouse = connect(settings)

@@ -61,15 +61,16 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m postmodern.cli serve` on 127.0.0.1 and a free port, with exactly `env`, its output in a file."""
+    """`python -m postmodern.cli serve` (or `command`) on 127.0.0.1 and a free port, with exactly `env`, its output
+    in a file."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], *args: str):
-        self.port = free_port()
+    def __init__(self, workdir: Path, env: dict[str, str], *args: str, command: str = "serve", port: int | None = None):
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"server-{self.port}.log"
-        command = [sys.executable, "-m", "postmodern.cli", "serve", "--port", str(self.port), *args]
+        self.log_path = workdir / f"{command}-{self.port}.log"
+        argv = [sys.executable, "-m", "postmodern.cli", command, "--port", str(self.port), *args]
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(argv, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.wait_until_ready()
 
     def wait_until_ready(self, timeout_s: float = 60) -> None:

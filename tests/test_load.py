@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import log_rows as rows
 from conftest import make_settings
 
 from postmodern.data.generator import PROFILES, generate_dataset
@@ -31,17 +32,6 @@ def load(tmp_path, source, kind="coveo", **overrides):
     warehouse = connect(settings)
     try:
         return settings, load_source(warehouse, settings, source, kind, progress=False)
-    finally:
-        warehouse.close()
-
-
-def rows(settings, role="raw"):
-    warehouse = connect(settings)
-    try:
-        name = getattr(settings.log_tables, role)
-        # the raw log's documents come back as JSON text, as an export of the log would write them
-        columns = "* replace (to_json(raw_data) as raw_data)" if role == "raw" else "*"
-        return warehouse.query(f"select {columns} from {warehouse.qualified(name)}").to_pylist()
     finally:
         warehouse.close()
 

@@ -83,6 +83,24 @@ def _serve(args: argparse.Namespace) -> None:
     )
 
 
+def _collect(args: argparse.Namespace) -> None:
+    import logging
+
+    import uvicorn
+
+    from postmodern.collect.app import create_collector
+    from postmodern.config import load_settings
+
+    settings = load_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    print(
+        f"collecting events on http://{args.host}:{args.port}/events into the raw log of {settings.warehouse} "
+        f"(stage {settings.collect_dir}; a micro-batch is loaded every {settings.collect_flush_seconds:g} s)",
+        flush=True,
+    )
+    uvicorn.run(create_collector(settings), host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
 def _next_steps(args: argparse.Namespace) -> None:
     from postmodern.config import load_settings
 
@@ -123,6 +141,7 @@ def _some_sku(settings) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import postmodern.collect as collect_package
     from postmodern.data import sources
 
     parser = argparse.ArgumentParser(prog="postmodern", description=__doc__)
@@ -179,6 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080, as SageMaker expects)")
     serve.set_defaults(run=_serve)
+
+    collect = commands.add_parser(
+        "collect",
+        help="receive shopper events one by one (POST /events), durable when acknowledged, loaded in micro-batches",
+        description=collect_package.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    collect.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    collect.add_argument("--port", type=int, default=8090, help="port (default 8090)")
+    collect.set_defaults(run=_collect)
 
     next_steps = commands.add_parser("next-steps", help="print where the results are and what to type next")
     next_steps.set_defaults(run=_next_steps)

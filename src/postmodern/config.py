@@ -98,6 +98,14 @@ class Settings(BaseSettings):
     serving_max_sku_length: int = Field(default=MAX_FIELD_LENGTH, ge=1)  # characters in one SKU
     serving_reload_seconds: float = Field(default=2.0, ge=0)  # how often to look for a new bundle; 0: never
 
+    # Collecting events one by one (`postmodern collect`)
+    collect_dir: Path = Path("data/collect")  # the stage: a write-ahead log of acknowledged events
+    collect_flush_seconds: float = Field(default=2.0, gt=0)  # oldest age of a micro-batch before it is loaded
+    collect_segment_events: int = Field(default=100_000, ge=1)  # most events in one micro-batch (one load)
+    collect_stage_max_events: int = Field(default=2_000_000, ge=1)  # events staged and not yet loaded; beyond: 429
+    collect_dedup_seconds: float = Field(default=600.0, ge=0)  # how long an event id is remembered after its load
+    collect_max_events: int = Field(default=1_000, ge=1)  # events in one request
+
     @model_validator(mode="after")
     def _cloud_paths_are_complete(self) -> Settings:
         required: list[str] = []

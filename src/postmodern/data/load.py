@@ -52,6 +52,10 @@ class LoadError(ValueError):
     """The input cannot be loaded; the message names the file and the problem."""
 
 
+class AlreadyLoaded(LoadError):
+    """The source's content is in the ledger already (and the load was not forced)."""
+
+
 @dataclass(frozen=True)
 class LoadSummary:
     etl_id: str
@@ -96,7 +100,8 @@ def fingerprint(files: list[Path], progress: bool = False) -> str:
     return f"xxh3-128:{digest.hexdigest()}"
 
 
-def _reason_sql() -> str:
+def event_reason_sql() -> str:
+    """Why an event (the standard columns of data/sources.py) cannot be loaded, or null: SQL."""
     latest = int((time.time() + 86_400) * 1000)
     return f"""case
         when session_id_hash is null or trim(session_id_hash) = '' then 'missing session id'
@@ -200,7 +205,7 @@ def load_source(
     ).to_pylist()
     if previous and not force:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(previous[0]["etl_timestamp"] / 1000))
-        raise LoadError(
+        raise AlreadyLoaded(
             f"{path} was already loaded as etl_id {previous[0]['etl_id']} ({when} UTC); loading it again would "
             "append the same events twice. Pass --force to load it anyway (dbt counts each event once)."
         )
@@ -255,7 +260,8 @@ def _prepare(
     (first line, event count); return the query of the rows to append, which re-reads the source.
 
     Materialising every row first would double the work and spill to disk at full scale."""
-    checked = f"""select *, {_reason_sql()} as reason, try_cast(server_timestamp_epoch_ms as bigint) as epoch_ms_value
+    reason = f"coalesce(source_reason, {event_reason_sql()})" if staged.source_reasons else event_reason_sql()
+    checked = f"""select *, {reason} as reason, try_cast(server_timestamp_epoch_ms as bigint) as epoch_ms_value
                   from ({staged.events_sql})"""
     _run(
         engine,

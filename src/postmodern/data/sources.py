@@ -19,6 +19,8 @@ Supported layouts (`postmodern load --source NAME --path PATH`):
     retailrocket  events.csv            (timestamp,visitorid,event,itemid,transactionid), sessions cut at
                   30-minute gaps per visitor
     plain         a CSV with session_id,item_id,timestamp (epoch seconds or milliseconds, or ISO 8601)
+    events        a segment of the collector's stage (`postmodern collect`): JSON lines in the Coveo fields, with
+                  the collector's reason where it refused an event
 
 Any file may be gzipped (`.csv.gz`, `.dat.gz`): DuckDB decompresses it as it reads.
 """
@@ -49,7 +51,17 @@ SEARCH_HEADER = (
     "server_timestamp_epoch_ms",
 )
 CATALOG_HEADER = ("product_sku_hash", "description_vector", "category_hash", "image_vector", "price_bucket")
-SOURCE_KINDS = ("coveo", "reclist", "diginetica", "yoochoose", "retailrocket", "plain")
+EVENT_FIELDS = BROWSING_HEADER + ("query_vector", "clicked_skus_hash", "product_skus_hash")
+# A browsing event's columns where they have their Coveo names.
+COVEO_COLUMNS = {
+    "session": "session_id_hash",
+    "event_type": "event_type",
+    "action": "product_action",
+    "sku": "product_sku_hash",
+    "timestamp": "server_timestamp_epoch_ms",
+    "url": "hashed_url",
+}
+SOURCE_KINDS = ("coveo", "reclist", "diginetica", "yoochoose", "retailrocket", "plain", "events")
 
 
 class SourceError(ValueError):
@@ -64,6 +76,7 @@ class StagedSource:
     catalog_sql: str | None  # product_sku_hash, category_hash, price_bucket, description_vector, image_vector
     files: list[Path]  # what the load fingerprint covers; the catalogue's file, when there is one, is last
     rejects_tables: list[tuple[str, str]] = field(default_factory=list)  # (rejects table, source file)
+    source_reasons: bool = False  # events_sql has a `source_reason`: why the source itself refused a row
 
 
 def _csv(path: Path, columns: tuple[str, ...], rejects: str, *, delimiter: str = ",", header: bool = True) -> str:
@@ -113,14 +126,16 @@ def _events_select(
     products: str = "null",
     source: str,
     file: Path,
+    source_reason: str | None = None,
 ) -> str:
+    reason = f", {source_reason} as source_reason" if source_reason else ""
     return f"""
         select '{_quoted(file)}' as source_file, {line} as line,
                {session} as session_id_hash, {event_type} as event_type,
                {action} as product_action, {sku} as product_sku_hash,
                cast({timestamp} as varchar) as server_timestamp_epoch_ms, {url} as hashed_url,
                {query_vector} as query_vector, {clicked} as clicked_skus_hash, {products} as product_skus_hash,
-               {source_line} as source_line
+               {source_line} as source_line{reason}
         from {source}"""
 
 
@@ -141,6 +156,7 @@ def stage_source(
         "yoochoose": _yoochoose,
         "retailrocket": _retailrocket,
         "plain": _plain,
+        "events": _events,
     }[kind]
     return reader(Path(path), tag)
 
@@ -154,12 +170,7 @@ def _coveo(folder: Path, tag: str) -> StagedSource:
     parts = [
         _events_select(
             line="row_number() over ()",
-            session="session_id_hash",
-            event_type="event_type",
-            action="product_action",
-            sku="product_sku_hash",
-            timestamp="server_timestamp_epoch_ms",
-            url="hashed_url",
+            **COVEO_COLUMNS,
             source_line=_source_line(*BROWSING_HEADER),
             source=_csv(browsing, BROWSING_HEADER, rejects[0][0]),
             file=browsing,
@@ -313,3 +324,22 @@ def _plain(path: Path, tag: str) -> StagedSource:
         [path],
         [(rejects, str(path))],
     )
+
+
+def _events(path: Path, tag: str) -> StagedSource:
+    if not path.is_file():
+        raise SourceError(f"{path} is not a segment of the collector's stage (JSON lines)")
+    columns = ", ".join(f"'{name}': 'VARCHAR'" for name in EVENT_FIELDS + ("event_id", "collector_reason"))
+    scan = f"read_json('{_quoted(path)}', format = 'newline_delimited', columns = {{{columns}}})"
+    select = _events_select(
+        line="row_number() over ()",
+        **COVEO_COLUMNS,
+        query_vector="query_vector",
+        clicked="clicked_skus_hash",
+        products="product_skus_hash",
+        source_line=_source_line("event_id", *EVENT_FIELDS),
+        source=scan,
+        file=path,
+        source_reason="collector_reason",
+    )
+    return StagedSource(select, None, [path], source_reasons=True)

@@ -1,0 +1,123 @@
+"""The collector's HTTP service (see the package's docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+from postmodern.collect.flush import Flusher
+from postmodern.collect.stage import EventStage, StageFull
+from postmodern.config import Settings
+
+MAX_BODY_BYTES_PER_EVENT = 16_384
+
+
+class CollectorMetrics:
+    def __init__(self, stage: EventStage) -> None:
+        self.registry = CollectorRegistry()
+        self.events = Counter(
+            "postmodern_collector_events",
+            "Events received, by outcome: accepted, rejected (quarantined), duplicate (dropped).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.throttled = Counter(
+            "postmodern_collector_throttled_requests",
+            "Requests answered 429: the stage was full.",
+            registry=self.registry,
+        )
+        self.loads = Counter(
+            "postmodern_collector_loads",
+            "Attempts to load a sealed segment, by outcome: loaded, repeat (in the ledger already), busy, failed.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.flushed = Counter(
+            "postmodern_collector_flushed_events", "Staged events that reached the raw log.", registry=self.registry
+        )
+        staged = Gauge(
+            "postmodern_collector_staged_events", "Events acknowledged and not yet loaded.", registry=self.registry
+        )
+        staged.set_function(lambda: stage.staged)
+        lag = Gauge(
+            "postmodern_collector_lag_seconds", "Age of the oldest event not yet loaded.", registry=self.registry
+        )
+        lag.set_function(lambda: stage.lag_seconds)
+
+    def on_load(self, outcome: str, events: int) -> None:
+        self.loads.labels(outcome).inc()
+        if outcome in ("loaded", "repeat"):
+            self.flushed.inc(events)
+
+
+def create_collector(settings: Settings) -> FastAPI:
+    state: dict = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        stage = EventStage(
+            settings.collect_dir,
+            settings.collect_segment_events,
+            settings.collect_stage_max_events,
+            settings.collect_dedup_seconds,
+        )
+        metrics = CollectorMetrics(stage)
+        flusher = Flusher(stage, settings, metrics.on_load)
+        flusher.start()
+        state.update(stage=stage, metrics=metrics)
+        yield
+        flusher.stop()
+        stage.close()
+
+    app = FastAPI(title="postmodern collector", lifespan=lifespan)
+    max_body = settings.collect_max_events * MAX_BODY_BYTES_PER_EVENT
+
+    @app.post("/events")
+    async def events(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > max_body:
+            return problem(413, f"the body exceeds {max_body:,} bytes")
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as error:
+            return problem(400, f"the body is not JSON: {error}")
+        batch = document.get("events") if isinstance(document, dict) else None
+        if not isinstance(batch, list) or not batch:
+            return problem(422, 'the body must be {"events": [...]} with at least one event')
+        if len(batch) > settings.collect_max_events:
+            return problem(413, f"{len(batch):,} events in one request; at most {settings.collect_max_events:,}")
+        stage, metrics = state["stage"], state["metrics"]
+        try:
+            future = stage.submit(batch)
+        except StageFull as full:
+            metrics.throttled.inc()
+            response = problem(429, f"{full}: retry later")
+            response.headers["Retry-After"] = str(max(int(full.retry_after), 1))
+            return response
+        verdict = await asyncio.wrap_future(future)
+        metrics.events.labels("accepted").inc(verdict.accepted)
+        metrics.events.labels("duplicate").inc(verdict.duplicates)
+        metrics.events.labels("rejected").inc(len(verdict.rejected))
+        return JSONResponse(
+            {"accepted": verdict.accepted, "duplicates": verdict.duplicates, "rejected": verdict.rejected}
+        )
+
+    @app.get("/ping")
+    def ping() -> dict:
+        stage = state["stage"]
+        return {"status": "ok", "staged_events": stage.staged, "lag_seconds": round(stage.lag_seconds, 3)}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(state["metrics"].registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def problem(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)

@@ -1,0 +1,76 @@
+"""Sealed segments of the stage become loads: each one `etl_id` in the ledger, by the loader's own code path.
+
+A segment's load is all or nothing, and its fingerprint (every byte) is in the ledger once it has landed: if the
+collector dies between the load's commit and marking the segment loaded, the next attempt finds it in the ledger
+and only marks it. Loads wait for nobody: while another process holds the warehouse (a bulk load, `dbt build`),
+the segment stays sealed and is tried again on the next tick, the events safe on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from postmodern.collect.stage import EventStage
+from postmodern.config import Settings
+from postmodern.data.load import AlreadyLoaded, LoadError, LoadSummary, load_source
+from postmodern.warehouse import WarehouseError, connect
+
+log = logging.getLogger("postmodern.collect")
+TICK_SECONDS = 0.2
+
+
+def load_segments(stage: EventStage, settings: Settings, on_load=None) -> int:
+    """Seal the open segment when due, load every sealed one in order; the events loaded. Stops at the first
+    segment that cannot be loaded now (the warehouse busy or failing), to keep the log in arrival order."""
+    stage.seal(older_than=settings.collect_flush_seconds)
+    loaded = 0
+    for segment in stage.to_load():
+        outcome = "loaded"
+        try:
+            warehouse = connect(settings.model_copy(update={"warehouse_lock_timeout": 0.0}))
+        except WarehouseError:
+            outcome = "busy"
+        else:
+            try:
+                summary = load_source(warehouse, settings, segment.path, "events", progress=False)
+            except AlreadyLoaded:
+                outcome, summary = "repeat", None
+            except (LoadError, WarehouseError) as error:
+                log.error("loading %s failed, to be tried again: %s", segment.path.name, error)
+                outcome = "failed"
+            finally:
+                warehouse.close()
+        if on_load:
+            on_load(outcome, segment.events)
+        if outcome in ("busy", "failed"):
+            break
+        stage.loaded(segment)
+        loaded += segment.events
+        if isinstance(summary, LoadSummary):
+            log.info("%s: %s", segment.path.name, summary.describe().splitlines()[0])
+    stage.expire()
+    return loaded
+
+
+class Flusher:
+    """`load_segments` every TICK_SECONDS in a thread, until stopped."""
+
+    def __init__(self, stage: EventStage, settings: Settings, on_load=None):
+        self.stage, self.settings, self.on_load = stage, settings, on_load
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="stage-flusher", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.wait(TICK_SECONDS):
+            try:
+                load_segments(self.stage, self.settings, self.on_load)
+            except Exception:  # a bug or the disk: say so, keep the events staged, try again
+                log.exception("flushing the stage failed")
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=30)

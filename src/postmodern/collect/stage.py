@@ -1,0 +1,331 @@
+"""The collector's stage: a write-ahead log of events on local disk, whose fsync is the acknowledgement.
+
+A writer thread takes every request waiting, checks their events with the loader's rules (one DuckDB query for
+the group), drops the event ids it has seen within the dedup window, appends one JSON line per event to the open
+segment and fsyncs once for the whole group (group commit), then answers each request. Refused events are staged
+too, with their reason: their load puts them in the quarantine. The open segment is sealed (renamed) when it is
+old or large enough, and each sealed segment becomes one load (collect/flush.py); once loaded it is kept as
+flushed for the dedup window, so that the retry of an event already in the raw log is still recognised.
+
+After a crash (kill -9), `EventStage` truncates the open segment's torn last line (its fsync had not returned:
+never acknowledged), seals it, and rebuilds the ids from the segments it keeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from postmodern.config import MAX_FIELD_LENGTH
+from postmodern.data.load import event_reason_sql
+from postmodern.data.sources import EVENT_FIELDS
+
+GROUP_MAX_REQUESTS = 256  # requests committed by one fsync, at most
+LIST_FIELDS = ("clicked_skus_hash", "product_skus_hash")  # lists of SKUs in search events, staged as JSON text
+MISSING_ID = "missing event id"
+
+
+@dataclass
+class Verdict:
+    """What became of a request's events: accepted (durable), duplicates of accepted ones, refused with reasons."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[dict] = field(default_factory=list)  # {"index", "event_id", "reason"}
+
+
+class StageFull(RuntimeError):
+    """The stage holds as many events as it may until a load makes room; try again after `retry_after` s."""
+
+    def __init__(self, staged: int, retry_after: float):
+        super().__init__(f"the stage holds {staged:,} events not yet loaded")
+        self.retry_after = retry_after
+
+
+@dataclass
+class Segment:
+    sequence: int
+    path: Path
+    events: int  # lines: accepted and refused events
+    started: float  # wall-clock time of its first event (its file's change time after a restart)
+
+
+def segment_path(directory: Path, state: str, sequence: int) -> Path:
+    return directory / f"{state}-{sequence:012d}.jsonl"
+
+
+def staged_value(value: object, name: str) -> str | None:
+    """A field as the loader reads it: text (numbers as digits, SKU lists as JSON)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"{name} is not text")
+    if isinstance(value, int | float):
+        return str(int(value)) if float(value).is_integer() else str(value)
+    if isinstance(value, list) and name in LIST_FIELDS and all(isinstance(item, str) for item in value):
+        return json.dumps(value)
+    raise ValueError(f"{name} is not text")
+
+
+class EventStage:
+    def __init__(self, directory: Path, segment_events: int, max_events: int, dedup_seconds: float):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.segment_events, self.max_events, self.dedup_seconds = segment_events, max_events, dedup_seconds
+        self.lock = threading.Lock()  # the open segment, the sealed list and the counters
+        self.requests: queue.Queue = queue.Queue()
+        self.checker = duckdb.connect()
+        self.seen: set[str] = set()
+        self.sealed: list[Segment] = []
+        self.flushed: list[tuple[Segment, float]] = []  # (segment, when it was loaded)
+        self.waiting = 0  # events submitted and not yet written
+        self._recover()
+        self.writer = threading.Thread(target=self._write_groups, name="stage-writer", daemon=True)
+        self.writer.start()
+
+    # -- the state on disk ------------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        by_state: dict[str, list[Path]] = {"open": [], "sealed": [], "flushed": []}
+        for path in sorted(self.directory.glob("*-*.jsonl")):
+            state = path.name.split("-")[0]
+            if state in by_state:
+                by_state[state].append(path)
+        sequence = 0
+        for path in by_state["open"]:  # left by a crash: keep its whole lines, seal it
+            truncate_torn_line(path)
+            if not path.stat().st_size:
+                path.unlink()
+                continue
+            sealed = segment_path(self.directory, "sealed", int(path.stem.split("-")[1]))
+            path.rename(sealed)
+            by_state["sealed"].append(sealed)
+        for state in ("sealed", "flushed"):
+            for path in sorted(by_state[state]):
+                number = int(path.stem.split("-")[1])
+                sequence = max(sequence, number)
+                ids, lines = accepted_ids(path)
+                segment = Segment(number, path, lines, path.stat().st_mtime)
+                if state == "flushed":
+                    self.flushed.append((segment, path.stat().st_mtime))
+                else:
+                    self.sealed.append(segment)
+                self.seen.update(ids)
+        self.sealed.sort(key=lambda segment: segment.sequence)
+        self._open_segment(sequence + 1)
+        self.expire()
+
+    def _open_segment(self, sequence: int) -> None:
+        path = segment_path(self.directory, "open", sequence)
+        self.open = Segment(sequence, path, 0, 0.0)
+        self.handle = path.open("ab")
+        sync_directory(self.directory)
+
+    def seal(self, older_than: float = 0.0) -> None:
+        """Seal the open segment when it holds events and its first is at least `older_than` s old."""
+        with self.lock:
+            if not self.open.events or time.time() - self.open.started < older_than:
+                return
+            self.handle.close()
+            sealed = segment_path(self.directory, "sealed", self.open.sequence)
+            self.open.path.rename(sealed)
+            self.open.path = sealed
+            self.sealed.append(self.open)
+            self._open_segment(self.open.sequence + 1)
+
+    def to_load(self) -> list[Segment]:
+        with self.lock:
+            return list(self.sealed)
+
+    def loaded(self, segment: Segment) -> None:
+        """The segment is in the raw log: keep it (its ids) for the dedup window."""
+        flushed = segment_path(self.directory, "flushed", segment.sequence)
+        segment.path.rename(flushed)
+        sync_directory(self.directory)
+        with self.lock:
+            self.sealed.remove(segment)
+            segment.path = flushed
+            self.flushed.append((segment, time.time()))
+
+    def expire(self) -> None:
+        """Forget the segments loaded longer ago than the dedup window, and their ids."""
+        now = time.time()
+        with self.lock:
+            expired = [entry for entry in self.flushed if now - entry[1] >= self.dedup_seconds]
+            self.flushed = [entry for entry in self.flushed if now - entry[1] < self.dedup_seconds]
+        for segment, _ in expired:
+            ids, _ = accepted_ids(segment.path)
+            with self.lock:
+                self.seen.difference_update(ids)
+            segment.path.unlink(missing_ok=True)
+
+    @property
+    def staged(self) -> int:
+        """Events acknowledged (or being written) and not yet loaded."""
+        with self.lock:
+            return self.open.events + sum(segment.events for segment in self.sealed) + self.waiting
+
+    @property
+    def lag_seconds(self) -> float:
+        """How long the oldest event not yet loaded has waited."""
+        with self.lock:
+            oldest = [segment.started for segment in self.sealed] + ([self.open.started] if self.open.events else [])
+        return max(time.time() - min(oldest), 0.0) if oldest else 0.0
+
+    # -- writing ----------------------------------------------------------------------------------------------
+
+    def submit(self, events: list) -> Future:
+        """A future of the request's `Verdict`, set once its events are durable; `StageFull` when they cannot be."""
+        staged = self.staged
+        if staged + len(events) > self.max_events:
+            raise StageFull(staged, retry_after=1.0)
+        future: Future = Future()
+        with self.lock:
+            self.waiting += len(events)
+        self.requests.put((events, future))
+        return future
+
+    def _write_groups(self) -> None:
+        while True:
+            group = [self.requests.get()]
+            while len(group) < GROUP_MAX_REQUESTS:
+                try:
+                    group.append(self.requests.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                verdicts = self._write(group)
+            except BaseException as error:  # the disk failed: no request of the group is acknowledged
+                for _, future in group:
+                    future.set_exception(error)
+            else:
+                for (_, future), verdict in zip(group, verdicts, strict=True):
+                    future.set_result(verdict)
+            finally:
+                with self.lock:
+                    self.waiting -= sum(len(events) for events, _ in group)
+
+    def _write(self, group: list[tuple[list, Future]]) -> list[Verdict]:
+        events = [event for request, _ in group for event in request]
+        reasons = self.check(events)
+        lines, verdicts, accepted_ids = [], [], []
+        position = 0
+        for request, _ in group:
+            verdict = Verdict()
+            for index, event in enumerate(request):
+                reason = reasons[position]
+                position += 1
+                event_id = event.get("event_id") if isinstance(event, dict) else None
+                if reason is None and (event_id in self.seen or event_id in accepted_ids):
+                    verdict.duplicates += 1
+                    continue
+                lines.append(staged_line(event, reason))
+                if reason is None:
+                    verdict.accepted += 1
+                    accepted_ids.append(event_id)
+                else:
+                    verdict.rejected.append({"index": index, "event_id": event_id, "reason": reason})
+            verdicts.append(verdict)
+        if lines:
+            with self.lock:
+                if not self.open.events:
+                    self.open.started = time.time()
+                self.handle.write(b"".join(lines))
+                self.handle.flush()
+                os.fsync(self.handle.fileno())
+                self.open.events += len(lines)
+                self.seen.update(accepted_ids)
+            if self.open.events >= self.segment_events:
+                self.seal()
+        return verdicts
+
+    def check(self, events: list) -> list[str | None]:
+        """Each event's reason to be refused, or None: the collector's own (an object with an event id, fields
+        of text), then the loader's rules, run by DuckDB over the group."""
+        reasons: list[str | None] = []
+        columns: dict[str, list] = {name: [] for name in EVENT_FIELDS}
+        for event in events:
+            reason = None
+            event_id = event.get("event_id") if isinstance(event, dict) else None
+            if not isinstance(event, dict):
+                reason = "event is not a JSON object"
+            elif not isinstance(event_id, str) or not event_id.strip():
+                reason = MISSING_ID
+            elif len(event_id) > MAX_FIELD_LENGTH:
+                reason = "oversized field"
+            values = {}
+            for name in EVENT_FIELDS:
+                try:
+                    values[name] = staged_value(event.get(name), name) if reason is None else None
+                except ValueError as error:
+                    reason = str(error)
+            for name in EVENT_FIELDS:
+                columns[name].append(values.get(name) if reason is None else None)
+            reasons.append(reason)
+        self.checker.register(
+            "batch", pa.table({name: pa.array(values, pa.string()) for name, values in columns.items()})
+        )
+        rules = self.checker.execute(f"select {event_reason_sql()} as reason from batch").fetchall()
+        return [own if own is not None else rule for own, (rule,) in zip(reasons, rules, strict=True)]
+
+    def close(self) -> None:
+        with self.lock:
+            self.handle.close()
+
+
+def staged_line(event: dict | object, reason: str | None) -> bytes:
+    """The event as a line of its segment: its fields as text, its id, and the reason it was refused."""
+    fields = {}
+    if isinstance(event, dict):
+        for name in EVENT_FIELDS:
+            try:
+                fields[name] = staged_value(event.get(name), name)
+            except ValueError:
+                fields[name] = json.dumps(event.get(name))
+        event_id = event.get("event_id")
+        fields["event_id"] = event_id if isinstance(event_id, str) else json.dumps(event_id)
+    else:
+        fields["event_id"] = None
+        fields["session_id_hash"] = json.dumps(event)[:MAX_FIELD_LENGTH]  # kept for the quarantine's raw line
+    fields["collector_reason"] = reason
+    return json.dumps(fields, ensure_ascii=False).encode() + b"\n"
+
+
+def accepted_ids(path: Path) -> tuple[set[str], int]:
+    """The ids of a segment's accepted events, and its lines."""
+    ids, lines = set(), 0
+    with path.open("rb") as handle:
+        for line in handle:
+            lines += 1
+            event = json.loads(line)
+            if event.get("collector_reason") is None:
+                ids.add(event["event_id"])
+    return ids, lines
+
+
+def truncate_torn_line(path: Path) -> None:
+    """Drop what follows the last newline: a line whose write a crash cut short (never acknowledged)."""
+    data = path.read_bytes()
+    whole = data.rfind(b"\n") + 1
+    if whole < len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(whole)
+            os.fsync(handle.fileno())
+
+
+def sync_directory(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
