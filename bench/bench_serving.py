@@ -245,11 +245,11 @@ def stolen_cpu_seconds() -> float:
     return int(Path("/proc/stat").read_text().split()[8]) / os.sysconf("SC_CLK_TCK")
 
 
-def paced_run(port: int, bodies: Path, rate: int, seconds: float) -> dict:
+def paced_run(port: int, bodies: Path, rate: int, seconds: float, path: str = "/invocations") -> dict:
     """One wrk run at `rate` requests/s; its JSON line, plus the achieved rate and an error count."""
     command = [
         "wrk", "-t", str(CONNECTIONS), "-c", str(CONNECTIONS), "-d", f"{max(1, round(seconds))}s", "--timeout", "2s",
-        "-s", str(LUA), f"http://127.0.0.1:{port}", "--", str(bodies), str(rate), str(CONNECTIONS),
+        "-s", str(LUA), f"http://127.0.0.1:{port}", "--", str(bodies), str(rate), str(CONNECTIONS), path,
     ]  # fmt: skip
     output = subprocess.run(command, check=True, capture_output=True, text=True, timeout=seconds + 60).stdout
     figures = json.loads(output.strip().splitlines()[-1])
@@ -259,10 +259,12 @@ def paced_run(port: int, bodies: Path, rate: int, seconds: float) -> dict:
     return figures
 
 
-def measured_run(server_pid: int, port: int, bodies: Path, rate: int, seconds: float) -> dict:
+def measured_run(
+    server_pid: int, port: int, bodies: Path, rate: int, seconds: float, path: str = "/invocations"
+) -> dict:
     """`paced_run`, plus the server's CPU time per request and the share of CPU time stolen meanwhile."""
     cpu_before, stolen_before = cpu_seconds(server_pid), stolen_cpu_seconds()
-    figures = paced_run(port, bodies, rate, seconds)
+    figures = paced_run(port, bodies, rate, seconds, path)
     figures["server_cpu_ms_per_request"] = round(
         1000 * (cpu_seconds(server_pid) - cpu_before) / max(figures["responses"], 1), 3
     )

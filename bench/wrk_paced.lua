@@ -1,6 +1,6 @@
--- wrk at a constant rate: POSTs the request bodies of a file (one JSON per line) to /invocations.
+-- wrk at a constant rate: POSTs the request bodies of a file (one JSON per line) to /invocations (or PATH).
 --
---   wrk -t N -c N -d 30s -s wrk_paced.lua http://127.0.0.1:8080 -- bodies.jsonl <total rate/s> N
+--   wrk -t N -c N -d 30s -s wrk_paced.lua http://127.0.0.1:8080 -- bodies.jsonl <total rate/s> N [PATH]
 --
 -- wrk is closed-loop: a connection sends its next request when the last one is answered, so a server
 -- that stalls is sent less and its queueing hides (coordinated omission). Here every thread has one
@@ -38,13 +38,14 @@ non_2xx = 0
 
 function init(args)
   local path, rate, connections = args[1], tonumber(args[2]), tonumber(args[3])
+  local target = args[4] or "/invocations"
   -- Each thread formats only its own share of the file: wrk runs the threads' init one after another
   -- while the first threads already send, so formatting every line in each thread would keep a core
   -- busy for the first second of the run and hand the server a burst of competition that is not load.
   local line_number = 0
   for line in io.lines(path) do
     if line_number % connections == index then
-      requests[#requests + 1] = wrk.format("POST", "/invocations", { ["Content-Type"] = "application/json" }, line)
+      requests[#requests + 1] = wrk.format("POST", target, { ["Content-Type"] = "application/json" }, line)
     end
     line_number = line_number + 1
   end

@@ -83,7 +83,7 @@ class EventStage:
         self.segment_events, self.max_events, self.dedup_seconds = segment_events, max_events, dedup_seconds
         self.lock = threading.Lock()  # the open segment, the sealed list and the counters
         self.requests: queue.Queue = queue.Queue()
-        self.checker = duckdb.connect()
+        self.checker = duckdb.connect(config={"threads": 1})  # small groups: threads only add their start-up
         self.seen: set[str] = set()
         self.sealed: list[Segment] = []
         self.flushed: list[tuple[Segment, float]] = []  # (segment, when it was loaded)
