@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_serving import free_port, measured_run  # noqa: E402
+from bench_serving import free_port, measured_run, start_cli  # noqa: E402
 
 from postmodern.config import load_settings  # noqa: E402
 from postmodern.warehouse import connect  # noqa: E402
@@ -71,22 +71,7 @@ def environment(workdir: Path) -> dict[str, str]:
 
 
 def start_collector(workdir: Path, port: int) -> subprocess.Popen:
-    log = (workdir / "collector.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "postmodern.cli", "collect", "--port", str(port)],
-        env=environment(workdir),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit(f"the collector did not start: see {workdir / 'collector.log'}")
+    return start_cli("collect", port, environment(workdir), workdir / "collector.log")
 
 
 def drain(port: int, timeout_s: float = 600) -> float:

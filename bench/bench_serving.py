@@ -216,22 +216,27 @@ def free_port() -> int:
 
 
 def start_server(workdir: Path, family_name: str, port: int) -> subprocess.Popen:
-    log = (workdir / "server.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "postmodern.cli", "serve", "--port", str(port)],
-        env=bench_env(workdir, family_name),
+    return start_cli("serve", port, bench_env(workdir, family_name), workdir / "server.log")
+
+
+def start_cli(command: str, port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """`postmodern <command> --port <port>`, once its /ping answers; its output appended to `log_path`."""
+    log = log_path.open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "postmodern.cli", command, "--port", str(port)],
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and server.poll() is None:
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                return server
+                return process
         except httpx.TransportError:
             time.sleep(0.2)
-    server.kill()
-    raise SystemExit(f"the server did not start: see {workdir / 'server.log'}")
+    process.kill()
+    raise SystemExit(f"postmodern {command} did not start: see {log_path}")
 
 
 def cpu_seconds(pid: int) -> float:
