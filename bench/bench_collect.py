@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_serving import free_port, measured_run, start_cli  # noqa: E402
+from bench_serving import CONNECTIONS, free_port, measured_run, start_cli  # noqa: E402
 
 from postmodern.config import load_settings  # noqa: E402
 from postmodern.warehouse import connect  # noqa: E402
@@ -58,6 +58,14 @@ def batch_body(prefix: str, number: int, size: int) -> str:
         for n in range(size)
     ]
     return json.dumps({"events": events})
+
+
+def write_bodies(workdir: Path, prefix: str, count: int, batch: int) -> Path:
+    """`count` requests, a file per wrk connection (each reads only its own: together they are large)."""
+    for connection in range(CONNECTIONS):
+        lines = (batch_body(prefix, n, batch) + "\n" for n in range(connection, count, CONNECTIONS))
+        (workdir / f"bodies-{connection}.jsonl").write_text("".join(lines))
+    return workdir / "bodies-%d.jsonl"
 
 
 def environment(workdir: Path) -> dict[str, str]:
@@ -173,14 +181,13 @@ def main() -> None:
     collector = start_collector(workdir, port)
     runs = []
     for repeat in range(args.repeats):
-        bodies = workdir / "bodies.jsonl"
-        count = int(args.rate * (args.seconds + 2))
-        bodies.write_text("".join(batch_body(f"r{repeat}", n, args.batch) + "\n" for n in range(count)))
+        bodies = write_bodies(workdir, f"r{repeat}", int(args.rate * (args.seconds + 2)), args.batch)
         figures = measured_run(collector.pid, port, bodies, args.rate, args.seconds, "/events")
         figures["events_per_s"] = round(figures["achieved_rps"] * args.batch)
         print(f"run {repeat + 1}: {figures}", flush=True)
         runs.append(figures)
-        bodies.unlink()
+        for path in workdir.glob("bodies-*.jsonl"):
+            path.unlink()
     drain_seconds = drain(port)
     accepted = counter(port, 'postmodern_collector_events_total{outcome="accepted"}')
     collector.terminate()

