@@ -9,6 +9,8 @@ the segment stays sealed and is tried again on the next tick, the events safe on
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 
 from postmodern.collect.stage import EventStage
@@ -18,6 +20,7 @@ from postmodern.warehouse import WarehouseError, connect
 
 log = logging.getLogger("postmodern.collect")
 TICK_SECONDS = 0.2
+LOAD_NICENESS = 10
 
 
 def load_segments(stage: EventStage, settings: Settings, on_load=None) -> int:
@@ -65,6 +68,10 @@ class Flusher:
         self.thread.start()
 
     def _run(self) -> None:
+        # Loads yield the CPU to acknowledgements: a load may wait, a shopper's request should not (Linux: a
+        # thread's own priority; DuckDB runs a one-thread load in this thread).
+        if sys.platform == "linux":
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOAD_NICENESS)
         while not self.stopping.wait(TICK_SECONDS):
             try:
                 load_segments(self.stage, self.settings, self.on_load)
