@@ -4,6 +4,8 @@ exactly once (retries, crashes), back-pressure instead of loss, and its metrics.
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -171,3 +173,43 @@ def test_every_acknowledged_event_lands_once_through_a_kill_9_and_the_client_ret
     assert len(keys) == 6_000 and len(set(keys)) == 6_000
     assert sum(answer["rejected"] != [] for answer in answered) == 0
     assert sum(answer["accepted"] + answer["duplicates"] for answer in answered) >= 6_000
+
+
+def test_streamed_events_wait_out_a_busy_warehouse_and_reach_the_marts_on_the_next_incremental_build(tmp_path):
+    """While another process holds the DuckDB file, events are still acknowledged (the loads wait, counted as
+    busy); once it lets go they land, and `dbt build` picks each stream's loads up incrementally: the sessions
+    mart equals a full refresh's."""
+    from test_concurrency import HOLD_LOCK
+    from test_dbt import query
+
+    from postmodern.transform.dbt_runner import run_dbt_build
+
+    settings = make_settings(tmp_path, collect_dir=tmp_path / "stage", collect_flush_seconds=0.2)
+    first = [event(n, session=f"s{n % 3}") for n in range(9)]
+    later = [event(n, session=f"s{n % 4}") for n in range(9, 17)]
+    with TestClient(create_collector(settings)) as client:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, str(settings.duckdb_path), "0"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert holder.stdout.readline().strip() == "holding"
+        assert client.post("/events", json={"events": first}).json()["accepted"] == 9
+        time.sleep(1.0)
+        assert client.get("/ping").json()["staged_events"] == 9  # acknowledged, not loaded: the file is held
+        assert 'postmodern_collector_loads_total{outcome="busy"}' in client.get("/metrics").text
+        holder.communicate("go\n", timeout=30)
+        wait_until_loaded(client)
+        run_dbt_build(settings)
+        assert client.post("/events", json={"events": later}).json()["accepted"] == 8
+        wait_until_loaded(client)
+    incremental = run_dbt_build(settings)
+    assert not incremental.failed_tests
+    sessions = 'select session_id, interactions from "{schema}".sessions order by session_id'
+    built = query(settings, sessions)
+    assert [row["session_id"] for row in built] == ["s0", "s1", "s2", "s3"]
+    assert sum(len(row["interactions"]) for row in built) == 17
+    run_dbt_build(settings, full_refresh=True)
+    assert query(settings, sessions) == built
+
