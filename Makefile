@@ -5,12 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA := data/coveo
 
-.PHONY: install run test serve bench lint clean help
+.PHONY: install run test serve collect screenshots bench lint clean help
 
 help:
 	@echo "make run    generate data, load it, run the flow end to end (creates .venv on first use)"
 	@echo "make test   run the whole test suite"
-	@echo "make serve  serve the latest deployed model on 127.0.0.1:8080"
+	@echo "make serve  serve the latest deployed model on 127.0.0.1:8080 (the demo shop at /demo)"
+	@echo "make collect  receive shopper events on 127.0.0.1:8090 (the demo shop's clicks, say)"
 	@echo "make bench  run the benchmarks in bench/ (prints one JSON line each)"
 	@echo "make lint   ruff check"
 
@@ -38,6 +39,13 @@ test: install
 
 serve: install
 	$(BIN)/postmodern serve
+
+collect: install
+	$(BIN)/postmodern collect
+
+# The README's pictures of the demo shop, taken by its browser test
+screenshots: install
+	POSTMODERN_SCREENSHOTS=docs $(BIN)/pytest -q tests/test_demo.py
 
 bench: install
 	@shopt -s nullglob; for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

@@ -287,7 +287,9 @@ class RecommenderFlow(FlowSpec):
             "test_metrics": self.test_results,
             "gate": self.gate_verdict.summary(),
         }
-        self.model_bundle = make_bundle(self.rankers[self.champion], self.test_splits.vocabulary, metadata)
+        self.model_bundle = make_bundle(
+            self.rankers[self.champion], self.test_splits.vocabulary, metadata, products=self.products
+        )
         self.deployment = deploy_if_passed(self.model_bundle, self.gate_verdict, SETTINGS, self.serving_before)
         self.deployed_to = self.deployment.target
         with tracked_run(SETTINGS, "", {}, run_id=self.tracking_run_id) as tracker:

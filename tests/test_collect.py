@@ -212,4 +212,3 @@ def test_streamed_events_wait_out_a_busy_warehouse_and_reach_the_marts_on_the_ne
     assert sum(len(row["interactions"]) for row in built) == 17
     run_dbt_build(settings, full_refresh=True)
     assert query(settings, sessions) == built
-

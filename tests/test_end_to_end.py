@@ -217,6 +217,12 @@ def test_flow_trains_tests_deploys_and_the_server_answers(tmp_path, tiny_data):
         assert body["model_version"] == baseline_version and body["model_family"] == baseline["champion"]
         assert len(body["recommendations"][0]) == 5 and body["fallback"] == [False]
         assert httpx.post(f"{server.base_url}/invocations", content=b"{nope", timeout=10).status_code == 422
+        # the deployed bundle carries its products' catalogue from the product mart: the demo shop's
+        shop = httpx.get(f"{server.base_url}/demo/catalog", timeout=10).json()
+        vocabulary = set(json.loads((bundle / "vocab.json").read_text()))
+        assert shop["model_version"] == baseline_version and len(shop["products"]) >= 0.9 * len(vocabulary)
+        assert {product["sku"] for product in shop["products"]} <= vocabulary
+        assert all(product["category"] and product["price_bucket"] for product in shop["products"])
     finally:
         server.stop()
 

@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     collect_stage_max_events: int = Field(default=2_000_000, ge=1)  # events staged and not yet loaded; beyond: 429
     collect_dedup_seconds: float = Field(default=600.0, ge=0)  # how long an event id is remembered after its load
     collect_max_events: int = Field(default=1_000, ge=1)  # events in one request
+    collect_allowed_origins: str = "*"  # pages (comma-separated origins) whose browsers may post events
+    demo_collector_url: str = "http://127.0.0.1:8090"  # where the demo page sends its clicks (it says if none answers)
 
     @model_validator(mode="after")
     def _cloud_paths_are_complete(self) -> Settings:

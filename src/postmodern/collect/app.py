@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
@@ -79,6 +80,11 @@ def create_collector(settings: Settings) -> FastAPI:
         stage.close()
 
     app = FastAPI(title="postmodern collector", lifespan=lifespan)
+    # Shop pages post from their own origin (the demo page at /demo of the model server, say)
+    origins = [origin.strip() for origin in settings.collect_allowed_origins.split(",") if origin.strip()]
+    app.add_middleware(
+        CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["Content-Type"]
+    )
     max_body = settings.collect_max_events * MAX_BODY_BYTES_PER_EVENT
 
     @app.post("/events")

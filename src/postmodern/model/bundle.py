@@ -7,6 +7,7 @@ model's family.
     popular.json   fallback [SKU, share of training interactions], most popular first, for sessions
                    with no known SKU
     metadata.json  format version, family, model version, run id, data window, metrics
+    catalog.json   (optional) the vocabulary's products: SKU, top category, price bucket, for the demo shop
 
 Bundles of formats 1 to 3 hold an LSTM as `weights.pt` and `config.json`, and still load.
 `SessionRecommender.recommend` is the one function that turns SKU sessions into ranked SKUs; the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +27,9 @@ import torch
 from postmodern.model.dataset import PADDING_ID, Vocabulary
 from postmodern.model.families import ranker_from_state
 from postmodern.model.ranker import Ranker, RankerState
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # 4: any family, its state under model/ (1-3: an LSTM's weights.pt and config.json; in 1 and 2 its item pairs were
 # learned scores, in 3 the training transitions' counts)
@@ -53,6 +58,8 @@ class ModelBundle:
     vocabulary: list[str]
     popular: list[tuple[str, float]]  # (SKU, share of training interactions), most popular first
     metadata: dict = field(default_factory=dict)
+    # the vocabulary's products as the shop shows them ({"sku", "category", "price_bucket"}), for the demo page
+    catalog: list[dict] = field(default_factory=list)
 
     @property
     def version(self) -> str:
@@ -68,6 +75,8 @@ class ModelBundle:
         self.model.save(directory / MODEL_DIR)
         (directory / "vocab.json").write_text(json.dumps(self.vocabulary))
         (directory / "popular.json").write_text(json.dumps(self.popular))
+        if self.catalog:
+            (directory / "catalog.json").write_text(json.dumps(self.catalog))
         metadata = {**self.metadata, "family": self.family, "format_version": BUNDLE_FORMAT_VERSION}
         (directory / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
         return directory
@@ -91,7 +100,8 @@ class ModelBundle:
             model = RankerState.load(directory / MODEL_DIR)
         else:
             model = _lstm_state_of_format(directory, format_version, vocabulary, popular)
-        return cls(model=model, vocabulary=vocabulary, popular=popular, metadata=metadata)
+        catalog = json.loads((directory / "catalog.json").read_text()) if (directory / "catalog.json").exists() else []
+        return cls(model=model, vocabulary=vocabulary, popular=popular, metadata=metadata, catalog=catalog)
 
 
 def _lstm_state_of_format(
@@ -114,16 +124,26 @@ def _lstm_state_of_format(
     return RankerState("lstm", config, {"train_counts": train_counts, **arrays})
 
 
-def make_bundle(ranker: Ranker, vocabulary: Vocabulary, metadata: dict) -> ModelBundle:
-    """The bundle of a ranker of any family, with the fallback of its training counts."""
+def make_bundle(
+    ranker: Ranker, vocabulary: Vocabulary, metadata: dict, products: pa.Table | None = None
+) -> ModelBundle:
+    """The bundle of a ranker of any family, with the fallback of its training counts, and the catalogue of
+    its vocabulary's products (`products`: the product mart's product_sku, top_category, price_bucket)."""
     train_counts = ranker.train_counts
     popular_ids = ranker.popular[:FALLBACK_SIZE]
     shares = train_counts[popular_ids] / max(int(train_counts.sum()), 1)
+    known = set(vocabulary.skus)
+    catalog = [
+        {"sku": row["product_sku"], "category": row["top_category"], "price_bucket": row["price_bucket"]}
+        for row in (products.to_pylist() if products is not None else [])
+        if row["product_sku"] in known
+    ]
     return ModelBundle(
         model=ranker.state(),
         vocabulary=list(vocabulary.skus),
         popular=list(zip(vocabulary.decode(popular_ids), shares.tolist(), strict=True)),
         metadata=metadata,
+        catalog=catalog,
     )
 
 
@@ -150,12 +170,25 @@ class SessionRecommender:
     def family(self) -> str:
         return self.bundle.family
 
-    def recommend(self, sessions: list[list[str]], k: int, exclude_seen: bool = False) -> list[Recommendation]:
-        """Top-k next SKUs for each session, ranked in one batch; unknown SKUs are ignored and reported.
-        With `exclude_seen`, SKUs already in the session are not recommended again."""
+    def rankers(self) -> dict[str, Ranker]:
+        """What the demo compares: the served model, a blend's parts (each a family's best), and popularity."""
+        from postmodern.model.families.popularity import PopularityRanker
+
+        rankers = {f"served: {self.family}": self.ranker}
+        for label, part in zip(self.ranker.params.get("parts", []), getattr(self.ranker, "parts", []), strict=False):
+            rankers[label] = part
+        rankers.setdefault("popularity", PopularityRanker(self.ranker.train_counts))
+        return rankers
+
+    def recommend(
+        self, sessions: list[list[str]], k: int, exclude_seen: bool = False, ranker: Ranker | None = None
+    ) -> list[Recommendation]:
+        """Top-k next SKUs for each session, ranked in one batch (by the bundle's ranker, or `ranker` over the
+        same vocabulary); unknown SKUs are ignored and reported. With `exclude_seen`, SKUs already in the session
+        are not recommended again."""
         encoded = [self.vocabulary.encode(session) for session in sessions]
         known = [index for index, (items, _) in enumerate(encoded) if items]
-        ranked_items, ranked_scores = self.ranker.rank([encoded[i][0] for i in known], k, exclude_seen)
+        ranked_items, ranked_scores = (ranker or self.ranker).rank([encoded[i][0] for i in known], k, exclude_seen)
         by_session = {index: row for row, index in enumerate(known)}
         results = []
         for index, (_, unknown) in enumerate(encoded):

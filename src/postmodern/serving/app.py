@@ -5,6 +5,7 @@
     POST /invocations           a batch of sessions in, SKUs out (the SageMaker route)
     GET  /recommend             one session from the query string, for a quick look
     POST /reload                serve the newest bundle now (also: SIGHUP, and a poll every few seconds)
+    GET  /demo                  a shop page that shows the recommender at work (serving/demo.py)
     GET  /metrics               Prometheus metrics
     GET  /openapi.json, /docs   the spec and its pages
 
@@ -36,6 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from postmodern.config import MAX_FIELD_LENGTH, Settings
 from postmodern.model.bundle import BundleError, Recommendation, SessionRecommender
 from postmodern.serving.batching import BatchedRanking
+from postmodern.serving.demo import add_demo
 from postmodern.serving.metrics import RequestMetricsMiddleware, ServingMetrics
 from postmodern.serving.registry import ModelSource
 from postmodern.serving.served_model import ServedModel
@@ -57,6 +59,7 @@ class ServingConfig:
     max_sku_length: int = MAX_FIELD_LENGTH
     reload_seconds: float = 2.0
     api_key: SecretStr | None = None
+    collector_url: str = ""  # where the demo page posts its events
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ServingConfig":
@@ -68,6 +71,7 @@ class ServingConfig:
             max_sku_length=settings.serving_max_sku_length,
             reload_seconds=settings.serving_reload_seconds,
             api_key=settings.serving_api_key,
+            collector_url=settings.demo_collector_url,
         )
 
     @property
@@ -400,6 +404,8 @@ def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig
             still = f"; still serving {served.version}" if served.version else ""
             raise HTTPException(409, f"{error}{still}") from None
         return Reloaded(model_version=served.version, changed=changed)
+
+    add_demo(app, ready_recommender, config, auth)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     def prometheus_metrics() -> Response:
