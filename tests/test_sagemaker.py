@@ -1,5 +1,7 @@
-"""The SageMaker deploy path without an account: a fake boto3 session that answers like S3 and SageMaker
-(endpoint states included) and records every call, so the tests see exactly what would be asked of AWS."""
+"""The SageMaker deploy path without an account. Deploys run against moto (S3 and SageMaker in-process: the real
+boto3 clients, requests checked against AWS's API models, state kept by moto) and are checked on moto's state.
+moto has no UpdateEndpoint and its endpoints are in service at once: the update is added to moto's own backend
+here, and the endpoint state transitions (updating, failed) are played by a recording fake session."""
 
 from __future__ import annotations
 
@@ -22,13 +24,13 @@ def bundle_files(bundle_dir: Path) -> list[str]:
 
 
 class FakeAws:
-    """boto3.session.Session for S3 and SageMaker: endpoints by name with their status, every call kept."""
+    """boto3.session.Session for S3 and SageMaker: endpoints by name with the states moto does not play
+    (updating, failed), every call kept."""
 
     def __init__(self, endpoints: dict[str, str] | None = None, fails_with: str | None = None):
         self.endpoints = dict(endpoints or {})
         self.fails_with = fails_with  # the FailureReason of an endpoint that never comes into service
         self.calls: list[tuple[str, str, dict]] = []
-        self.uploaded: dict[str, list[str]] = {}
 
     def client(self, service: str):
         return FakeClient(self, service)
@@ -36,14 +38,7 @@ class FakeAws:
     def methods(self) -> list[str]:
         return [method for _, method, _ in self.calls]
 
-    def call(self, method: str) -> dict:
-        return next(kwargs for _, name, kwargs in self.calls if name == method)
-
     # answers, by method name
-    def upload_file(self, path, bucket, key):
-        with tarfile.open(path) as tar:
-            self.uploaded[f"s3://{bucket}/{key}"] = sorted(tar.getnames())
-
     def describe_endpoint(self, EndpointName):
         if EndpointName not in self.endpoints:
             error = {"Error": {"Code": "ValidationException", "Message": f'Could not find endpoint "{EndpointName}"'}}
@@ -108,39 +103,89 @@ def test_model_archive_has_the_bundle_files_at_its_root(bundle_dir, tmp_path):
     assert {"metadata.json", "vocab.json", "popular.json", "model/config.json"} <= set(names)
 
 
-def test_a_first_deploy_uploads_the_bundle_and_creates_the_endpoint(bundle_dir, settings):
-    aws = FakeAws()
-    assert deploy_to_sagemaker(bundle_dir, "v7", settings, boto_session=aws) == "post-modern-stack"
-    assert aws.uploaded == {"s3://models/post-modern-stack/v7/model.tar.gz": bundle_files(bundle_dir)}
-    assert aws.methods() == [
-        "upload_file",
-        "create_model",
-        "create_endpoint_config",
-        "describe_endpoint",
-        "create_endpoint",
-        "get_waiter",
-    ]
-    model = aws.call("create_model")
-    assert model["ModelName"] == "post-modern-stack-v7"
-    assert model["PrimaryContainer"] == {
-        "Image": "1.dkr.ecr/postmodern:1",
-        "ModelDataUrl": "s3://models/post-modern-stack/v7/model.tar.gz",
-    }
+@pytest.fixture
+def moto_session(monkeypatch):
+    """A boto3 session whose S3 and SageMaker are moto's, with the deploy's bucket, and UpdateEndpoint."""
+    import boto3
+    from moto import mock_aws
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    add_update_endpoint_to_moto(monkeypatch)
+    with mock_aws():
+        session = boto3.session.Session()
+        session.client("s3").create_bucket(
+            Bucket="models", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+        )
+        yield session
+
+
+def add_update_endpoint_to_moto(monkeypatch) -> None:
+    """SageMaker's UpdateEndpoint on moto's backend: the endpoint takes the new configuration's variants."""
+    from moto.core.utils import utcnow
+    from moto.sagemaker.models import SageMakerModelBackend
+    from moto.sagemaker.responses import ActionResult, SageMakerResponse
+
+    def update_endpoint(backend, endpoint_name: str, endpoint_config_name: str):
+        endpoint = backend.describe_endpoint(endpoint_name) and backend.endpoints[endpoint_name]
+        config = backend.describe_endpoint_config(endpoint_config_name)
+        endpoint.endpoint_config_name = endpoint_config_name
+        endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
+        endpoint.last_modified_time = utcnow()
+        return endpoint
+
+    def respond(response):
+        name, config = response._get_param("EndpointName"), response._get_param("EndpointConfigName")
+        return ActionResult({"EndpointArn": update_endpoint(response.sagemaker_backend, name, config).arn})
+
+    monkeypatch.setattr(SageMakerModelBackend, "update_endpoint", update_endpoint, raising=False)
+    monkeypatch.setattr(SageMakerResponse, "update_endpoint", respond, raising=False)
+
+
+def archive_names(session, bucket: str, key: str, scratch: Path) -> list[str]:
+    session.client("s3").download_file(bucket, key, str(scratch / "model.tar.gz"))
+    with tarfile.open(scratch / "model.tar.gz") as tar:
+        return sorted(tar.getnames())
+
+
+def test_a_first_deploy_uploads_the_bundle_and_creates_the_endpoint(bundle_dir, settings, moto_session, tmp_path):
+    assert deploy_to_sagemaker(bundle_dir, "v7", settings, boto_session=moto_session) == "post-modern-stack"
+    key = "post-modern-stack/v7/model.tar.gz"
+    assert archive_names(moto_session, "models", key, tmp_path) == bundle_files(bundle_dir)
+    sagemaker = moto_session.client("sagemaker")
+    model = sagemaker.describe_model(ModelName="post-modern-stack-v7")
+    assert model["PrimaryContainer"]["Image"] == "1.dkr.ecr/postmodern:1"
+    assert model["PrimaryContainer"]["ModelDataUrl"] == f"s3://models/{key}"
     assert model["ExecutionRoleArn"] == "arn:aws:iam::1:role/sm"
-    variant = aws.call("create_endpoint_config")["ProductionVariants"][0]
+    tags = sagemaker.list_tags(ResourceArn=model["ModelArn"])["Tags"]
+    assert {"Key": "postmodern:model_version", "Value": "v7"} in tags
+    variant = sagemaker.describe_endpoint_config(EndpointConfigName="post-modern-stack-v7")["ProductionVariants"][0]
     assert variant["ModelName"] == "post-modern-stack-v7" and variant["InstanceType"] == "ml.m5.large"
-    assert aws.endpoints == {"post-modern-stack": "InService"}
+    endpoint = sagemaker.describe_endpoint(EndpointName="post-modern-stack")
+    assert endpoint["EndpointStatus"] == "InService" and endpoint["EndpointConfigName"] == "post-modern-stack-v7"
 
 
-def test_a_later_deploy_updates_the_endpoint_in_place_and_deletes_nothing(bundle_dir, settings):
-    aws = FakeAws({"post-modern-stack": "InService"})
-    deploy_to_sagemaker(bundle_dir, "v8", settings, boto_session=aws)
-    assert aws.call("update_endpoint") == {
-        "EndpointName": "post-modern-stack",
-        "EndpointConfigName": "post-modern-stack-v8",
+def test_a_later_deploy_updates_the_same_endpoint_and_deletes_nothing(bundle_dir, settings, moto_session, tmp_path):
+    deploy_to_sagemaker(bundle_dir, "v7", settings, boto_session=moto_session)
+    later = small_bundle("v8", ["a", "b", "c", "d"]).save(tmp_path / "v8")
+    assert deploy_to_sagemaker(later, "v8", settings, boto_session=moto_session) == "post-modern-stack"
+    sagemaker = moto_session.client("sagemaker")
+    (endpoint,) = sagemaker.list_endpoints()["Endpoints"]
+    assert endpoint["EndpointName"] == "post-modern-stack" and endpoint["EndpointStatus"] == "InService"
+    described = sagemaker.describe_endpoint(EndpointName="post-modern-stack")
+    assert described["EndpointConfigName"] == "post-modern-stack-v8"
+    assert described["ProductionVariants"][0]["VariantName"] == "AllTraffic"
+    # every version stays, for a rollback: models, configurations and archives
+    assert {m["ModelName"] for m in sagemaker.list_models()["Models"]} == {
+        "post-modern-stack-v7",
+        "post-modern-stack-v8",
     }
-    assert "create_endpoint" not in aws.methods()
-    assert not [method for method in aws.methods() if "delete" in method]
+    configs = {c["EndpointConfigName"] for c in sagemaker.list_endpoint_configs()["EndpointConfigs"]}
+    assert configs == {"post-modern-stack-v7", "post-modern-stack-v8"}
+    keys = {o["Key"] for o in moto_session.client("s3").list_objects_v2(Bucket="models")["Contents"]}
+    assert keys == {"post-modern-stack/v7/model.tar.gz", "post-modern-stack/v8/model.tar.gz"}
+    assert "vocab.json" in archive_names(moto_session, "models", "post-modern-stack/v8/model.tar.gz", tmp_path)
 
 
 def test_an_endpoint_still_updating_is_waited_for_before_the_next_update(bundle_dir, settings):
@@ -180,13 +225,10 @@ def test_resource_names_fit_sagemaker_rules_and_keep_the_version(endpoint, versi
     assert resource_name(endpoint, version + "1") != name
 
 
-def test_the_flow_deploy_step_takes_the_sagemaker_path_when_asked(settings, monkeypatch):
-    import boto3
-
-    aws = FakeAws()
-    monkeypatch.setattr(boto3.session, "Session", lambda: aws)
+def test_the_flow_deploy_step_takes_the_sagemaker_path_when_asked(settings, moto_session):
     assert deploy_bundle(small_bundle("v10", ["a", "b"]), settings) == "SageMaker endpoint post-modern-stack"
-    assert list(aws.uploaded) == ["s3://models/post-modern-stack/v10/model.tar.gz"]
+    keys = [o["Key"] for o in moto_session.client("s3").list_objects_v2(Bucket="models")["Contents"]]
+    assert keys == ["post-modern-stack/v10/model.tar.gz"]
     assert not (settings.registry_dir / "LATEST").exists()  # not the local registry
 
 
