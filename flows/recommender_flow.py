@@ -37,6 +37,7 @@ except ConfigError as error:  # a missing variable of a chosen cloud path stops 
     sys.exit(f"recommender_flow: {error}")
 
 DEFAULT_FAMILIES = "popularity,cooccurrence,vsknn,lstm"
+BASELINES = ("cooccurrence", "vsknn")  # shipped beside the champion for the demo's comparison (popularity: always)
 
 
 class RecommenderFlow(FlowSpec):
@@ -287,8 +288,9 @@ class RecommenderFlow(FlowSpec):
             "test_metrics": self.test_results,
             "gate": self.gate_verdict.summary(),
         }
+        baselines = {name: r for name, r in self.rankers.items() if name in BASELINES and name != self.champion}
         self.model_bundle = make_bundle(
-            self.rankers[self.champion], self.test_splits.vocabulary, metadata, products=self.products
+            self.rankers[self.champion], self.test_splits.vocabulary, metadata, self.products, companions=baselines
         )
         self.deployment = deploy_if_passed(self.model_bundle, self.gate_verdict, SETTINGS, self.serving_before)
         self.deployed_to = self.deployment.target

@@ -15,8 +15,9 @@ from conftest import log_rows, make_settings
 from playwright.sync_api import expect, sync_playwright
 from serving_support import ServerProcess, family_ranker, free_port
 
-from postmodern.model.bundle import make_bundle
+from postmodern.model.bundle import ModelBundle, make_bundle
 from postmodern.model.dataset import Vocabulary
+from postmodern.model.families import ranker_from_state
 from postmodern.serving.registry import publish
 
 SKUS = [f"sku-{number:03d}" for number in range(1, 41)]
@@ -151,14 +152,23 @@ def test_without_a_collector_the_page_says_clicks_are_not_recorded_and_still_rec
 
 def test_the_demo_routes_check_their_input_and_work_without_a_catalogue(tmp_path):
     """A bundle without catalog.json (an older one) shows its popular products; /demo/compare takes the limits
-    of /invocations and ranks one session by the served model and popularity."""
+    of /invocations and ranks one session by the served model, the bundle's companion baselines and popularity."""
     from fastapi.testclient import TestClient
     from serving_support import small_bundle
 
     from postmodern.serving.app import ServingConfig, create_app
 
-    directory = small_bundle("plain-1", SKUS).save(tmp_path / "bundle")
-    assert not (directory / "catalog.json").exists()
+    bundle = small_bundle("plain-1", SKUS)
+    served = ModelBundle.load(bundle.save(tmp_path / "plain")).model
+    with_companion = make_bundle(
+        ranker_from_state(served),
+        Vocabulary(SKUS),
+        bundle.metadata,
+        companions={"cooccurrence": family_ranker("cooccurrence", SKUS)},
+    )
+    directory = with_companion.save(tmp_path / "bundle")
+    assert not (directory / "catalog.json").exists() and (directory / "companions" / "cooccurrence").is_dir()
+    assert ModelBundle.load(directory).companions["cooccurrence"].family == "cooccurrence"
     with TestClient(create_app(directory, ServingConfig(max_k=20, max_session_length=3))) as client:
         assert client.get("/demo").headers["content-type"].startswith("text/html")
         assert "demo.js" in client.get("/demo").text and client.get("/demo/static/demo.js").status_code == 200
@@ -169,8 +179,10 @@ def test_the_demo_routes_check_their_input_and_work_without_a_catalogue(tmp_path
             "price_bucket": None,
         }
         compared = client.post("/demo/compare", json={"session": ["sku-001", "nope"], "k": 5}).json()
-        assert [ranking["name"] for ranking in compared["rankings"]] == ["served: lstm", "popularity"]
+        assert [ranking["name"] for ranking in compared["rankings"]] == ["served: lstm", "cooccurrence", "popularity"]
         assert all(len(ranking["recommendations"]) == 5 for ranking in compared["rankings"])
-        assert compared["rankings"][1]["recommendations"][0]["sku"] == SKUS[-1]
+        assert compared["rankings"][2]["recommendations"][0]["sku"] == SKUS[-1]
+        # co-occurrence learned the walk sku-001 -> sku-002 of its sessions
+        assert compared["rankings"][1]["recommendations"][0]["sku"] == "sku-002"
         for bad in ({"session": ["a"] * 4}, {"session": ["a"], "k": 21}, {"session": "a"}):
             assert client.post("/demo/compare", json=bad).status_code == 422

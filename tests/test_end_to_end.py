@@ -223,6 +223,9 @@ def test_flow_trains_tests_deploys_and_the_server_answers(tmp_path, tiny_data):
         assert shop["model_version"] == baseline_version and len(shop["products"]) >= 0.9 * len(vocabulary)
         assert {product["sku"] for product in shop["products"]} <= vocabulary
         assert sum(bool(product["category"]) for product in shop["products"]) >= 0.5 * len(shop["products"])
+        compared = httpx.post(f"{server.base_url}/demo/compare", json={"session": [known_sku]}, timeout=10).json()
+        other = {"cooccurrence": "vsknn", "vsknn": "cooccurrence"}[baseline["champion"]]
+        assert [r["name"] for r in compared["rankings"]][:2] == [f"served: {baseline['champion']}", other]
     finally:
         server.stop()
 

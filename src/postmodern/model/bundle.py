@@ -8,6 +8,7 @@ model's family.
                    with no known SKU
     metadata.json  format version, family, model version, run id, data window, metrics
     catalog.json   (optional) the vocabulary's products: SKU, top category, price bucket, for the demo shop
+    companions/    (optional) <family>/ per baseline of the same run, as model/: what the demo compares
 
 Bundles of formats 1 to 3 hold an LSTM as `weights.pt` and `config.json`, and still load.
 `SessionRecommender.recommend` is the one function that turns SKU sessions into ranked SKUs; the
@@ -46,6 +47,7 @@ CONFIG_BEFORE_FIELDS = {
     "normalized_scale": 0.0,
 }
 FALLBACK_SIZE = 200
+COMPANIONS_DIR = "companions"
 
 
 class BundleError(ValueError):
@@ -60,6 +62,8 @@ class ModelBundle:
     metadata: dict = field(default_factory=dict)
     # the vocabulary's products as the shop shows them ({"sku", "category", "price_bucket"}), for the demo page
     catalog: list[dict] = field(default_factory=list)
+    # baselines of the same run over the same vocabulary, which the demo page compares with the model
+    companions: dict[str, RankerState] = field(default_factory=dict)
 
     @property
     def version(self) -> str:
@@ -77,6 +81,8 @@ class ModelBundle:
         (directory / "popular.json").write_text(json.dumps(self.popular))
         if self.catalog:
             (directory / "catalog.json").write_text(json.dumps(self.catalog))
+        for name, state in self.companions.items():
+            state.save(directory / COMPANIONS_DIR / name)
         metadata = {**self.metadata, "family": self.family, "format_version": BUNDLE_FORMAT_VERSION}
         (directory / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
         return directory
@@ -101,7 +107,12 @@ class ModelBundle:
         else:
             model = _lstm_state_of_format(directory, format_version, vocabulary, popular)
         catalog = json.loads((directory / "catalog.json").read_text()) if (directory / "catalog.json").exists() else []
-        return cls(model=model, vocabulary=vocabulary, popular=popular, metadata=metadata, catalog=catalog)
+        companions = {
+            path.name: RankerState.load(path)
+            for path in sorted((directory / COMPANIONS_DIR).glob("*"))
+            if path.is_dir()
+        }
+        return cls(model, vocabulary, popular, metadata, catalog, companions)
 
 
 def _lstm_state_of_format(
@@ -125,10 +136,15 @@ def _lstm_state_of_format(
 
 
 def make_bundle(
-    ranker: Ranker, vocabulary: Vocabulary, metadata: dict, products: pa.Table | None = None
+    ranker: Ranker,
+    vocabulary: Vocabulary,
+    metadata: dict,
+    products: pa.Table | None = None,
+    companions: dict[str, Ranker] | None = None,
 ) -> ModelBundle:
-    """The bundle of a ranker of any family, with the fallback of its training counts, and the catalogue of
-    its vocabulary's products (`products`: the product mart's product_sku, top_category, price_bucket)."""
+    """The bundle of a ranker of any family, with the fallback of its training counts, the catalogue of its
+    vocabulary's products (`products`: the product mart's product_sku, top_category, price_bucket), and the
+    `companions` the demo compares it with (rankers over the same vocabulary)."""
     train_counts = ranker.train_counts
     popular_ids = ranker.popular[:FALLBACK_SIZE]
     shares = train_counts[popular_ids] / max(int(train_counts.sum()), 1)
@@ -144,6 +160,7 @@ def make_bundle(
         popular=list(zip(vocabulary.decode(popular_ids), shares.tolist(), strict=True)),
         metadata=metadata,
         catalog=catalog,
+        companions={name: companion.state() for name, companion in (companions or {}).items()},
     )
 
 
@@ -161,6 +178,7 @@ class SessionRecommender:
         self.bundle = bundle
         self.vocabulary = Vocabulary(bundle.vocabulary)
         self.ranker = ranker_from_state(bundle.model)
+        self.companions = {name: ranker_from_state(state) for name, state in bundle.companions.items()}
 
     @property
     def version(self) -> str:
@@ -171,12 +189,15 @@ class SessionRecommender:
         return self.bundle.family
 
     def rankers(self) -> dict[str, Ranker]:
-        """What the demo compares: the served model, a blend's parts (each a family's best), and popularity."""
+        """What the demo compares: the served model, a blend's parts and the bundle's companions (each a family's
+        best), and popularity."""
         from postmodern.model.families.popularity import PopularityRanker
 
         rankers = {f"served: {self.family}": self.ranker}
         for label, part in zip(self.ranker.params.get("parts", []), getattr(self.ranker, "parts", []), strict=False):
             rankers[label] = part
+        for name, companion in self.companions.items():
+            rankers.setdefault(name, companion)
         rankers.setdefault("popularity", PopularityRanker(self.ranker.train_counts))
         return rankers
 
