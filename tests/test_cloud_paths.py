@@ -1,5 +1,6 @@
-"""The cloud paths, tested without an account: dbt Cloud against a local server that answers like its
-v2 API, Snowflake's and Comet's missing extras."""
+"""The cloud paths, tested without an account: dbt Cloud against a local server that answers like its v2 API
+(nothing maintained emulates dbt Cloud: the run life cycle and the error bodies follow its documentation),
+Snowflake's and Comet's missing extras."""
 
 from __future__ import annotations
 
@@ -20,10 +21,24 @@ MANIFEST = {"metadata": {"project_name": "postmodern"}, "nodes": {}, "sources": 
 SUCCESSFUL_RUN = {"results": [{"unique_id": "model.postmodern.sessions", "status": "success", "execution_time": 1.5}]}
 
 
+HUMANIZED = {1: "Queued", 2: "Starting", 3: "Running", 10: "Success", 20: "Error", 30: "Cancelled"}
+
+
+def v2(data, code=200, message="Success!"):
+    """A body of dbt Cloud's v2 API: its status envelope around the data (null on errors)."""
+    status = {"code": code, "is_success": code < 400, "user_message": message, "developer_message": ""}
+    return {"status": status, "data": data}
+
+
 class FakeDbtCloud(BaseHTTPRequestHandler):
-    statuses: list[int] = []
+    """dbt Cloud's v2 API for one job: a triggered run goes through `life` (a status per poll, the last one
+    kept), as dbt Cloud's runs go from queued to starting, running, and success, error or cancelled."""
+
+    life: list[int] = [1, 2, 3, 10]
+    status_message: str | None = None  # why an errored run failed, as dbt Cloud says it
     run_results: dict | None = SUCCESSFUL_RUN
     requests: list[tuple[str, str, dict, str]] = []
+    polls = 0
 
     def _answer(self, code, payload):
         body = json.dumps(payload).encode()
@@ -33,24 +48,51 @@ class FakeDbtCloud(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _run(self, status: int) -> dict:
+        return {
+            "id": 99,
+            "job_definition_id": 2,
+            "status": status,
+            "status_humanized": HUMANIZED[status],
+            "status_message": type(self).status_message if status == 20 else None,
+            "in_progress": status in (1, 2, 3),
+            "is_complete": status in (10, 20, 30),
+            "is_success": status == 10,
+            "is_error": status == 20,
+            "is_cancelled": status == 30,
+        }
+
+    def _authorised(self) -> bool:
+        if self.headers.get("authorization") == "Token secret-token":
+            return True
+        self._answer(401, v2(None, 401, "Invalid token."))
+        return False
+
     def do_POST(self):
         length = int(self.headers.get("content-length", 0))
         payload = json.loads(self.rfile.read(length) or b"{}")
         type(self).requests.append(("POST", self.path, payload, self.headers.get("authorization")))
-        if self.headers.get("authorization") != "Token secret-token":
-            return self._answer(401, {"status": {"user_message": "Invalid token"}})
-        self._answer(200, {"data": {"id": 99, "status": 1}})
+        if not self._authorised():
+            return
+        if not self.path.endswith("/jobs/2/run/"):
+            return self._answer(404, v2(None, 404, "The requested resource was not found."))
+        type(self).polls = 0
+        self._answer(200, v2(self._run(1)))
 
     def do_GET(self):
         type(self).requests.append(("GET", self.path, {}, self.headers.get("authorization")))
+        if not self._authorised():
+            return
         if self.path.endswith("/runs/99/"):
-            status = type(self).statuses.pop(0) if len(type(self).statuses) > 1 else type(self).statuses[0]
-            return self._answer(200, {"data": {"id": 99, "status": status, "status_humanized": str(status)}})
+            life = type(self).life
+            status = life[min(type(self).polls, len(life) - 1)]
+            type(self).polls += 1
+            return self._answer(200, v2(self._run(status)))
         if self.path.endswith("/artifacts/manifest.json"):
             return self._answer(200, MANIFEST)
         if self.path.endswith("/artifacts/run_results.json") and type(self).run_results is not None:
             return self._answer(200, type(self).run_results)
-        self._answer(404, {"status": {"user_message": "not found"}})
+        self._answer(404, v2(None, 404, "The requested resource was not found."))
 
     def log_message(self, *args):
         pass
@@ -72,6 +114,7 @@ def dbt_cloud_settings(tmp_path, url):
 def dbt_cloud(tmp_path):
     FakeDbtCloud.requests = []
     FakeDbtCloud.run_results = SUCCESSFUL_RUN
+    FakeDbtCloud.status_message = None
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeDbtCloud)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -80,19 +123,21 @@ def dbt_cloud(tmp_path):
     server.server_close()
 
 
-def test_dbt_cloud_job_is_triggered_polled_and_its_artifacts_read(dbt_cloud):
-    FakeDbtCloud.statuses = [1, 3, 10]
+def test_dbt_cloud_job_is_triggered_polled_through_its_life_cycle_and_its_artifacts_read(dbt_cloud, capsys):
+    FakeDbtCloud.life = [1, 1, 2, 3, 3, 10]
     result = DbtCloudClient(dbt_cloud).run_job("Metaflow RecommenderFlow/7 by ada", poll_seconds=0.01)
     assert [r.unique_id for r in result.results] == ["model.postmodern.sessions"]
     assert result.manifest == MANIFEST
     method, path, payload, auth = FakeDbtCloud.requests[0]
     assert (method, path) == ("POST", "/api/v2/accounts/1/jobs/2/run/")
     assert payload == {"cause": "Metaflow RecommenderFlow/7 by ada"} and auth == "Token secret-token"
-    assert sum(1 for r in FakeDbtCloud.requests if r[1].endswith("/runs/99/")) == 3
+    assert sum(1 for r in FakeDbtCloud.requests if r[1].endswith("/runs/99/")) == 6
+    said = [line.split(": ")[1] for line in capsys.readouterr().out.splitlines() if line.startswith("dbt Cloud run")]
+    assert said == ["Queued", "Starting", "Running", "Success"]  # each change once
 
 
 def test_a_dbt_cloud_run_whose_tests_fail_returns_them_for_the_gate(dbt_cloud):
-    FakeDbtCloud.statuses = [20]
+    FakeDbtCloud.life = [1, 3, 20]
     FakeDbtCloud.run_results = {
         "results": [
             {
@@ -108,7 +153,7 @@ def test_a_dbt_cloud_run_whose_tests_fail_returns_them_for_the_gate(dbt_cloud):
 
 
 def test_a_dbt_cloud_run_that_errors_names_the_broken_node(dbt_cloud):
-    FakeDbtCloud.statuses = [20]
+    FakeDbtCloud.life = [3, 20]
     FakeDbtCloud.run_results = {
         "results": [
             {"unique_id": "model.postmodern.sessions", "status": "error", "message": "Database Error: no such column"},
@@ -119,26 +164,30 @@ def test_a_dbt_cloud_run_that_errors_names_the_broken_node(dbt_cloud):
 
 
 def test_a_failed_run_without_artifacts_still_fails_clearly(dbt_cloud):
-    FakeDbtCloud.statuses = [20]
+    FakeDbtCloud.life = [2, 20]
     FakeDbtCloud.run_results = None
-    with pytest.raises(DbtBuildError, match="dbt Cloud run 99"):
+    FakeDbtCloud.status_message = "Could not connect to the warehouse"
+    with pytest.raises(DbtBuildError, match="dbt Cloud run 99: dbt build failed: Could not connect to the warehouse"):
         DbtCloudClient(dbt_cloud).run_job("cause", poll_seconds=0.01)
 
 
 def test_cancelled_and_timed_out_runs_are_errors(dbt_cloud):
-    FakeDbtCloud.statuses = [30]
+    FakeDbtCloud.life = [1, 30]
     with pytest.raises(DbtCloudError, match="cancelled"):
         DbtCloudClient(dbt_cloud).run_job("cause", poll_seconds=0.01)
-    FakeDbtCloud.statuses = [3]
+    FakeDbtCloud.life = [1, 2, 3]
     with pytest.raises(DbtCloudError, match="after 0 s"):
         DbtCloudClient(dbt_cloud).run_job("cause", poll_seconds=0.01, timeout_seconds=0.05)
 
 
 def test_a_refused_token_is_reported_without_the_token(dbt_cloud):
     settings = dbt_cloud.model_copy(update={"dbt_api_key": type(dbt_cloud.dbt_api_key)("wrong-token")})
-    with pytest.raises(DbtCloudError, match="401") as error:
+    with pytest.raises(DbtCloudError, match="answered 401 to POST /jobs/2/run/: Invalid token.$") as error:
         DbtCloudClient(settings).run_job("cause", poll_seconds=0.01)
     assert "wrong-token" not in str(error.value)
+    missing = dbt_cloud.model_copy(update={"dbt_job_id": "3"})
+    with pytest.raises(DbtCloudError, match="404 to POST /jobs/3/run/: The requested resource was not found."):
+        DbtCloudClient(missing).run_job("cause", poll_seconds=0.01)
 
 
 def test_an_unreachable_dbt_cloud_is_a_clear_error(tmp_path):

@@ -1,7 +1,9 @@
 """Run the dbt project as a dbt Cloud job (`DBT_CLOUD=1`) through dbt Cloud's v2 API.
 
-Trigger the configured job, poll until it succeeds, errors or is cancelled, then fetch the run's
-manifest and run results so that the card is the same as with dbt core.
+Trigger the configured job, poll the run through its life cycle (queued, starting, running, then success, error
+or cancelled; each change is printed), then fetch the run's manifest and run results so that the card is the same
+as with dbt core. A refusal is reported in dbt Cloud's own words (the `user_message` of its error body), never
+with the token.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from postmodern.transform.dbt_runner import (
     parse_run_results,
 )
 
-# Run status codes of the v2 API.
+# Run status codes of the v2 API: queued 1, starting 2, running 3, then one of these.
 SUCCESS, ERROR, CANCELLED = 10, 20, 30
 
 
@@ -46,7 +48,7 @@ class DbtCloudClient:
         except requests.RequestException as error:
             raise DbtCloudError(f"dbt Cloud unreachable ({method} {path}): {type(error).__name__}") from None
         if response.status_code >= 400:
-            raise DbtCloudError(f"dbt Cloud answered {response.status_code} to {method} {path}: {response.text[:300]}")
+            raise DbtCloudError(f"dbt Cloud answered {response.status_code} to {method} {path}: {refusal(response)}")
         return response
 
     def trigger(self, cause: str) -> int:
@@ -62,9 +64,13 @@ class DbtCloudClient:
     def run_job(self, cause: str, poll_seconds: float = 10.0, timeout_seconds: float = 3600.0) -> DbtBuildResult:
         started = time.monotonic()
         run_id = self.trigger(cause)
+        said = None
         while True:
             data = self.status(run_id)
             status = int(data["status"])
+            if data.get("status_humanized") != said:
+                said = data.get("status_humanized")
+                print(f"dbt Cloud run {run_id}: {said or status}", flush=True)
             if status in (SUCCESS, ERROR, CANCELLED):
                 break
             if time.monotonic() - started > timeout_seconds:
@@ -82,5 +88,20 @@ class DbtCloudClient:
                 raise
             results = []  # a run that failed early writes no artifacts
         if status == ERROR and errored(results):
-            raise DbtBuildError(f"dbt Cloud run {run_id}: " + failure_message(results), results)
+            # a run that failed before any node says why in its status message
+            why = (
+                failure_message(results)
+                if results
+                else f"dbt build failed: {data.get('status_message') or 'no node ran'}"
+            )
+            raise DbtBuildError(f"dbt Cloud run {run_id}: {why}", results)
         return DbtBuildResult(results, self.artifact(run_id, "manifest.json"), seconds)
+
+
+def refusal(response: requests.Response) -> str:
+    """What dbt Cloud said: its v2 error body's `user_message`, else the start of the body."""
+    try:
+        message = response.json()["status"]["user_message"]
+    except (ValueError, KeyError, TypeError):
+        message = None
+    return message or response.text[:300]
