@@ -197,7 +197,6 @@ def test_an_unreachable_dbt_cloud_is_a_clear_error(tmp_path):
 
 
 def test_snowflake_without_its_extra_says_how_to_install_it(tmp_path, monkeypatch):
-    import sys
 
     from postmodern.warehouse import WarehouseError, connect
 
@@ -207,91 +206,76 @@ def test_snowflake_without_its_extra_says_how_to_install_it(tmp_path, monkeypatc
         connect(settings)
 
 
-class FakeSnowflake:
-    """Records statements; answers every query with no rows, as an empty account would."""
-
-    def __init__(self, fail_on: str | None = None):
-        self.statements: list[str] = []
-        self.fail_on = fail_on
-
-    def cursor(self):
-        connection = self
-
-        class Cursor:
-            def execute(self, sql, parameters=None):
-                connection.statements.append(" ".join(sql.split()))
-                if connection.fail_on and connection.fail_on in sql:
-                    raise RuntimeError("warehouse suspended")
-                return self
-
-            def fetch_arrow_all(self):
-                return None
-
-            def fetchone(self):
-                return (0,)
-
-        return Cursor()
-
-    def close(self):
-        pass
-
-
 @pytest.fixture
-def fake_write_pandas(monkeypatch):
-    import types
+def snowflake(tmp_path, monkeypatch):
+    """Settings for WAREHOUSE=snowflake, whose connector talks to fakesnow (a Snowflake emulated on DuckDB, the
+    connector's own module patched in process). fakesnow's cursor lacks `fetch_arrow_all`, which the real one has:
+    it is given here, from the rows as fakesnow fetches them."""
+    import fakesnow
+    import pyarrow as pa
+    from fakesnow.cursor import FakeSnowflakeCursor
 
-    uploads: list[tuple[str, object]] = []
+    def fetch_arrow_all(cursor):
+        return pa.Table.from_pandas(cursor.fetch_pandas_all(), preserve_index=False)
 
-    def write_pandas(connection, frame, table, **options):
-        assert options["table_type"] == "temporary" and options["auto_create_table"]
-        uploads.append((table, frame))
-
-    module = types.ModuleType("snowflake.connector.pandas_tools")
-    module.write_pandas = write_pandas
-    for name in ("snowflake", "snowflake.connector"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    monkeypatch.setitem(sys.modules, "snowflake.connector.pandas_tools", module)
-    return uploads
+    monkeypatch.setattr(FakeSnowflakeCursor, "fetch_arrow_all", fetch_arrow_all, raising=False)
+    with fakesnow.patch():
+        yield make_settings(tmp_path, **SNOWFLAKE_CREDENTIALS)
 
 
-def test_snowflake_load_stages_locally_uploads_then_inserts_in_one_transaction(tmp_path, fake_write_pandas):
-    from postmodern.data.load import load_source
-    from postmodern.warehouse.snowflake_warehouse import SnowflakeWarehouse
+def snowflake_rows(settings, sql: str) -> list[dict]:
+    from postmodern.warehouse import connect
 
-    settings = make_settings(tmp_path, **SNOWFLAKE_CREDENTIALS)
-    connection = FakeSnowflake()
-    warehouse = SnowflakeWarehouse(settings, connection=connection)
-    summary = load_source(warehouse, settings, FIXTURES / "coveo_bad", progress=False)
+    warehouse = connect(settings)
+    try:
+        return warehouse.query(sql.format(schema=settings.sf_schema)).to_pylist()
+    finally:
+        warehouse.close()
+
+
+def test_a_snowflake_load_lands_in_the_log_quarantine_catalogue_and_ledger_once(snowflake):
+    """The connector's path end to end on fakesnow: rows checked in a local DuckDB, staged with write_pandas into
+    temporary tables, moved into the log in one transaction, each event a VARIANT read with Snowflake's paths."""
+    from postmodern.data.load import AlreadyLoaded, load_source
+    from postmodern.warehouse import check_raw_log, connect
+
+    warehouse = connect(snowflake)
+    try:
+        summary = load_source(warehouse, snowflake, FIXTURES / "coveo_bad", progress=False)
+        with pytest.raises(AlreadyLoaded, match="already loaded"):
+            load_source(warehouse, snowflake, FIXTURES / "coveo_bad", progress=False)
+    finally:
+        warehouse.close()
     assert summary.events == 7 and sum(summary.quarantined.values()) == 13
-    import pandas as pd
-
-    by_table: dict[str, list] = {}
-    for table, frame in fake_write_pandas:
-        by_table.setdefault(table, []).append(frame)
-    frames = {parts[0].columns[-1]: pd.concat(parts) for parts in by_table.values()}
-    raw = frames["RAW_DATA"]
-    assert len(raw) == 7 and json.loads(raw["RAW_DATA"].iloc[0])["session_id_hash"] == "s1"
-    assert len(frames["REASON"]) == 13
-    statements = connection.statements
-    begin, commit = statements.index("begin"), statements.index("commit")
-    inserts = [s for s in statements[begin:commit] if s.startswith("insert into")]
-    assert len(inserts) == 4  # raw log, quarantine, loads ledger, catalogue
-    assert any("parse_json(RAW_DATA)" in s and "COVEO_DATASET_RAW (" in s for s in inserts)
-    assert any(
-        s.startswith("create table if not exists POST_MODERN_DATA_STACK.COVEO_DATASET_RAW_QUARANTINE")
-        for s in statements
+    assert check_raw_log(snowflake) == 7
+    events = snowflake_rows(
+        snowflake,
+        "select etl_id, raw_data:session_id_hash::varchar as session, raw_data:event_type::varchar as kind "
+        "from {schema}.COVEO_DATASET_RAW",
     )
+    assert {row["etl_id"] for row in events} == {summary.etl_id} and events[0]["session"] == "s1"
+    quarantined = snowflake_rows(
+        snowflake, "select reason, count(*) as n from {schema}.COVEO_DATASET_RAW_QUARANTINE group by 1"
+    )
+    assert {row["reason"]: row["n"] for row in quarantined} == summary.quarantined
+    (ledger,) = snowflake_rows(snowflake, "select * from {schema}.COVEO_DATASET_RAW_LOADS")
+    assert ledger["etl_id"] == summary.etl_id and ledger["events"] == 7 and ledger["fingerprint"].startswith("xxh3")
+    assert len(snowflake_rows(snowflake, "select * from {schema}.COVEO_CATALOG_RAW")) == summary.products == 2
 
 
-def test_a_failed_snowflake_insert_rolls_the_whole_load_back(tmp_path, fake_write_pandas):
+def test_a_failed_snowflake_insert_rolls_the_whole_load_back(snowflake, tiny_data):
     from postmodern.data.load import load_source
-    from postmodern.warehouse import WarehouseError
-    from postmodern.warehouse.snowflake_warehouse import SnowflakeWarehouse
+    from postmodern.warehouse import WarehouseError, connect
 
-    settings = make_settings(tmp_path, **SNOWFLAKE_CREDENTIALS)
-    connection = FakeSnowflake(fail_on="insert into POST_MODERN_DATA_STACK.COVEO_DATASET_RAW_LOADS")
-    with pytest.raises(WarehouseError, match="warehouse suspended"):
-        load_source(
-            SnowflakeWarehouse(settings, connection=connection), settings, FIXTURES / "coveo_bad", progress=False
-        )
-    assert connection.statements[-1] == "rollback" and "commit" not in connection.statements
+    warehouse = connect(snowflake)
+    try:
+        load_source(warehouse, snowflake, FIXTURES / "coveo_bad", progress=False)
+        # the ledger, written last in the load's transaction, now refuses its row
+        warehouse.query(f"alter table {warehouse.qualified('COVEO_DATASET_RAW_LOADS')} drop column seconds")
+        with pytest.raises(WarehouseError, match="Snowflake statement failed"):
+            load_source(warehouse, snowflake, tiny_data, progress=False)
+    finally:
+        warehouse.close()
+    for table in ("COVEO_DATASET_RAW", "COVEO_DATASET_RAW_QUARANTINE", "COVEO_CATALOG_RAW"):
+        (count,) = snowflake_rows(snowflake, f"select count(*) as n from {{schema}}.{table}")
+        assert count["n"] in (7, 13, 2), table  # the first load's rows only

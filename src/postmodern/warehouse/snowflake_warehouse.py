@@ -118,7 +118,9 @@ class SnowflakeWarehouse:
         return {table: rows for table, (_, _, rows) in uploaded.items()}
 
     def query(self, sql: str, parameters: list | None = None) -> pa.Table:
-        return self._execute(sql, parameters).fetch_arrow_all() or pa.table({})
+        """The rows as Arrow, columns named in lower case as on DuckDB (Snowflake upper-cases unquoted names)."""
+        table = self._execute(sql, parameters).fetch_arrow_all() or pa.table({})
+        return table.rename_columns([name.lower() for name in table.column_names])
 
     def table_exists(self, table: str) -> bool:
         row = self._execute(
