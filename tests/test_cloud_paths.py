@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SNOWFLAKE_CREDENTIALS, make_settings
+from test_dbt import query
 
 from postmodern.transform.dbt_cloud import DbtCloudClient, DbtCloudError
 from postmodern.transform.dbt_runner import DbtBuildError
@@ -223,16 +224,6 @@ def snowflake(tmp_path, monkeypatch):
         yield make_settings(tmp_path, **SNOWFLAKE_CREDENTIALS)
 
 
-def snowflake_rows(settings, sql: str) -> list[dict]:
-    from postmodern.warehouse import connect
-
-    warehouse = connect(settings)
-    try:
-        return warehouse.query(sql.format(schema=settings.sf_schema)).to_pylist()
-    finally:
-        warehouse.close()
-
-
 def test_a_snowflake_load_lands_in_the_log_quarantine_catalogue_and_ledger_once(snowflake):
     """The connector's path end to end on fakesnow: rows checked in a local DuckDB, staged with write_pandas into
     temporary tables, moved into the log in one transaction, each event a VARIANT read with Snowflake's paths."""
@@ -248,19 +239,17 @@ def test_a_snowflake_load_lands_in_the_log_quarantine_catalogue_and_ledger_once(
         warehouse.close()
     assert summary.events == 7 and sum(summary.quarantined.values()) == 13
     assert check_raw_log(snowflake) == 7
-    events = snowflake_rows(
+    events = query(
         snowflake,
         "select etl_id, raw_data:session_id_hash::varchar as session, raw_data:event_type::varchar as kind "
         "from {schema}.COVEO_DATASET_RAW",
     )
     assert {row["etl_id"] for row in events} == {summary.etl_id} and events[0]["session"] == "s1"
-    quarantined = snowflake_rows(
-        snowflake, "select reason, count(*) as n from {schema}.COVEO_DATASET_RAW_QUARANTINE group by 1"
-    )
+    quarantined = query(snowflake, "select reason, count(*) as n from {schema}.COVEO_DATASET_RAW_QUARANTINE group by 1")
     assert {row["reason"]: row["n"] for row in quarantined} == summary.quarantined
-    (ledger,) = snowflake_rows(snowflake, "select * from {schema}.COVEO_DATASET_RAW_LOADS")
+    (ledger,) = query(snowflake, "select * from {schema}.COVEO_DATASET_RAW_LOADS")
     assert ledger["etl_id"] == summary.etl_id and ledger["events"] == 7 and ledger["fingerprint"].startswith("xxh3")
-    assert len(snowflake_rows(snowflake, "select * from {schema}.COVEO_CATALOG_RAW")) == summary.products == 2
+    assert len(query(snowflake, "select * from {schema}.COVEO_CATALOG_RAW")) == summary.products == 2
 
 
 def test_a_failed_snowflake_insert_rolls_the_whole_load_back(snowflake, tiny_data):
@@ -277,5 +266,5 @@ def test_a_failed_snowflake_insert_rolls_the_whole_load_back(snowflake, tiny_dat
     finally:
         warehouse.close()
     for table in ("COVEO_DATASET_RAW", "COVEO_DATASET_RAW_QUARANTINE", "COVEO_CATALOG_RAW"):
-        (count,) = snowflake_rows(snowflake, f"select count(*) as n from {{schema}}.{table}")
+        (count,) = query(snowflake, f"select count(*) as n from {{schema}}.{table}")
         assert count["n"] in (7, 13, 2), table  # the first load's rows only
