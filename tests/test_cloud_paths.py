@@ -268,3 +268,57 @@ def test_a_failed_snowflake_insert_rolls_the_whole_load_back(snowflake, tiny_dat
     for table in ("COVEO_DATASET_RAW", "COVEO_DATASET_RAW_QUARANTINE", "COVEO_CATALOG_RAW"):
         (count,) = query(snowflake, f"select count(*) as n from {{schema}}.{table}")
         assert count["n"] in (7, 13, 2), table  # the first load's rows only
+
+
+def test_the_dbt_project_builds_on_snowflake_with_dbt_snowflake_against_fakesnow(tmp_path, tiny_data, monkeypatch):
+    """`dbt build --target snowflake` (dbt-snowflake, the snowflake dispatch macros, VARIANT paths) against fakesnow's
+    server on loopback, the data loaded by the loader into the server's instance (fakesnow's write_pandas: the
+    connector's own cannot PUT to the emulator). Every model and test runs and passes but the sessions mart:
+    fakesnow cannot bind the lambda of Snowflake's TRANSFORM over the sorted records (a fakesnow gap; the model is
+    Snowflake's, unchanged), so it and its tests stop there."""
+    import fakesnow
+    import pyarrow as pa
+    from fakesnow.cursor import FakeSnowflakeCursor
+
+    from postmodern.data.load import load_source
+    from postmodern.transform.dbt_runner import run_dbt_build
+    from postmodern.warehouse.snowflake_warehouse import SnowflakeWarehouse
+
+    monkeypatch.setattr(
+        FakeSnowflakeCursor,
+        "fetch_arrow_all",
+        lambda cursor: pa.Table.from_pandas(cursor.fetch_pandas_all(), preserve_index=False),
+        raising=False,
+    )
+    import snowflake.connector
+
+    monkeypatch.setattr(snowflake.connector, "paramstyle", "qmark")  # as SnowflakeWarehouse sets it when it connects
+    for name in ("SF_HOST", "SF_PORT", "SF_PROTOCOL", "SF_ACCOUNT", "SF_DB"):  # run_dbt_build sets them
+        monkeypatch.delenv(name, raising=False)
+    with fakesnow.server() as server:
+        settings = make_settings(
+            tmp_path,
+            **{**SNOWFLAKE_CREDENTIALS, "sf_account": server["account"], "sf_db": "POSTMODERN", "sf_warehouse": "W"},
+            sf_host=server["host"],
+            sf_port=server["port"],
+            sf_protocol="http",
+        )
+        with fakesnow.patch():
+            # the server's shared instance (its module, imported by `fakesnow.server()`, shadows the function)
+            connection = sys.modules["fakesnow.server"].shared_fs.connect("POSTMODERN", settings.sf_schema)
+            summary = load_source(SnowflakeWarehouse(settings, connection), settings, tiny_data, progress=False)
+        assert summary.events > 20_000
+        with pytest.raises(
+            DbtBuildError, match=r"(?s)model\.postmodern\.sessions: error \(.*lambda function binding"
+        ) as failure:
+            run_dbt_build(settings)
+    statuses = {result.unique_id: result.status for result in failure.value.results}
+    assert {node for node, status in statuses.items() if status == "error"} == {"model.postmodern.sessions"}
+    built = {node for node, status in statuses.items() if status == "success"}
+    assert {
+        "model.postmodern.stg_browsing_events",
+        "model.postmodern.products",
+        "model.postmodern.data_health_daily",
+    } <= built
+    assert sum(status == "pass" for status in statuses.values()) >= 20
+    assert not {node for node, status in statuses.items() if status in ("fail", "warn")}

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     sf_db: str | None = None
     sf_role: str | None = None
     sf_warehouse: str | None = None
+    # Where Snowflake answers when not at <account>.snowflakecomputing.com over HTTPS (a private endpoint, an emulator)
+    sf_host: str | None = None
+    sf_port: int | None = Field(default=None, ge=1, le=65535)
+    sf_protocol: Literal["https", "http"] = "https"
 
     # Data
     application_api_key: str = "postmodern-local"

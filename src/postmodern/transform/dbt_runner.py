@@ -65,6 +65,9 @@ def _dbt_environment(settings: Settings) -> dict[str, str]:
                 "SF_ROLE": settings.sf_role or "",
                 "SF_DB": settings.sf_db or "",
                 "SF_WAREHOUSE": settings.sf_warehouse or "",
+                "SF_HOST": settings.sf_host or "",
+                "SF_PORT": str(settings.sf_port or 443),
+                "SF_PROTOCOL": settings.sf_protocol,
             }
         )
     return environment

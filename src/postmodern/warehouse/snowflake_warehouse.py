@@ -44,6 +44,9 @@ class SnowflakeWarehouse:
                     role=settings.sf_role,
                     warehouse=settings.sf_warehouse,
                     schema=settings.sf_schema,
+                    protocol=settings.sf_protocol,
+                    **({"host": settings.sf_host} if settings.sf_host else {}),
+                    **({"port": settings.sf_port} if settings.sf_port else {}),
                 )
             except connector.errors.Error as error:
                 # The connector's message names the account and the failure, never the password.
