@@ -5,6 +5,7 @@ Snowflake's and Comet's missing extras."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -293,8 +294,6 @@ def test_the_dbt_project_builds_on_snowflake_with_dbt_snowflake_against_fakesnow
     import snowflake.connector
 
     monkeypatch.setattr(snowflake.connector, "paramstyle", "qmark")  # as SnowflakeWarehouse sets it when it connects
-    for name in ("SF_HOST", "SF_PORT", "SF_PROTOCOL", "SF_ACCOUNT", "SF_DB"):  # run_dbt_build sets them
-        monkeypatch.delenv(name, raising=False)
     with fakesnow.server() as server:
         settings = make_settings(
             tmp_path,
@@ -312,6 +311,7 @@ def test_the_dbt_project_builds_on_snowflake_with_dbt_snowflake_against_fakesnow
             DbtBuildError, match=r"(?s)model\.postmodern\.sessions: error \(.*lambda function binding"
         ) as failure:
             run_dbt_build(settings)
+    assert not {"SF_PWD", "SF_HOST", "DUCKDB_PATH"} & set(os.environ)  # the build's variables left with it
     statuses = {result.unique_id: result.status for result in failure.value.results}
     assert {node for node, status in statuses.items() if status == "error"} == {"model.postmodern.sessions"}
     built = {node for node, status in statuses.items() if status == "success"}

@@ -5,7 +5,6 @@ from postmodern.config import ConfigError, Settings, load_settings
 
 
 def test_defaults_need_no_env_file_and_run_locally(monkeypatch):
-    # DUCKDB_PATH: an in-process `dbt build` of an earlier test sets it, as profiles.yml reads it
     for name in ("WAREHOUSE", "SF_SCHEMA", "SF_TABLE", "MAX_SESSIONS", "COMET_API_KEY", "DBT_CLOUD", "DUCKDB_PATH"):
         monkeypatch.delenv(name, raising=False)
     settings = load_settings(_env_file=None)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +55,23 @@ class DbtBuildResult:
         return counts
 
 
+@contextmanager
+def dbt_environment(settings: Settings) -> Iterator[None]:
+    """The variables profiles.yml reads, set in this process for dbt (it runs in process) and taken away after:
+    neither a secret nor another workspace's path outlives the build."""
+    variables = _dbt_environment(settings)
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _dbt_environment(settings: Settings) -> dict[str, str]:
     """Variables that profiles.yml reads; Snowflake secrets stay in the environment, never in args."""
     environment = {"DUCKDB_PATH": str(Path(settings.duckdb_path).resolve()), "SF_SCHEMA": settings.sf_schema}
@@ -87,7 +106,6 @@ def run_dbt_build(
 
     # Build state lives with the rest of the run's data, so separate workspaces never share it.
     target_path = Path(target_path or settings.data_dir / "dbt_target").resolve()
-    os.environ.update(_dbt_environment(settings))
     common_args = [
         "--project-dir",
         str(project_dir),
@@ -106,14 +124,16 @@ def run_dbt_build(
     if settings.warehouse == "duckdb":
         # dbt fails at once on a file another process holds (a load, say): wait for it here, saying so
         connect(settings).close()
-    outcome = dbtRunner().invoke(["build", *common_args, *(["--full-refresh"] if full_refresh else [])])
+    with dbt_environment(settings):
+        outcome = dbtRunner().invoke(["build", *common_args, *(["--full-refresh"] if full_refresh else [])])
     run_results_path = target_path / "run_results.json"
     results = parse_run_results(json.loads(run_results_path.read_text())) if run_results_path.exists() else []
     manifest_path = target_path / "manifest.json"
     if not outcome.success and (not manifest_path.exists() or errored(results)):
         raise DbtBuildError(failure_message(results, outcome.exception), results)
     manifest = json.loads(manifest_path.read_text())
-    freshness = source_freshness(common_args, target_path)
+    with dbt_environment(settings):
+        freshness = source_freshness(common_args, target_path)
     return DbtBuildResult(results + freshness, manifest, time.perf_counter() - started)
 
 
