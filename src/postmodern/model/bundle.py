@@ -178,7 +178,6 @@ class SessionRecommender:
         self.bundle = bundle
         self.vocabulary = Vocabulary(bundle.vocabulary)
         self.ranker = ranker_from_state(bundle.model)
-        self.companions = {name: ranker_from_state(state) for name, state in bundle.companions.items()}
 
     @property
     def version(self) -> str:
@@ -196,8 +195,8 @@ class SessionRecommender:
         rankers = {f"served: {self.family}": self.ranker}
         for label, part in zip(self.ranker.params.get("parts", []), getattr(self.ranker, "parts", []), strict=False):
             rankers[label] = part
-        for name, companion in self.companions.items():
-            rankers.setdefault(name, companion)
+        for name, state in self.bundle.companions.items():  # made when compared, not when a server starts
+            rankers.setdefault(name, ranker_from_state(state))
         rankers.setdefault("popularity", PopularityRanker(self.ranker.train_counts))
         return rankers
 
