@@ -11,6 +11,7 @@ from postmodern.evaluation.metrics import evaluate_ranker, next_item_cases
 from postmodern.model.bundle import BundleError, ModelBundle, SessionRecommender, make_bundle
 from postmodern.model.dataset import PADDING_ID, SessionSplits, Vocabulary
 from postmodern.model.families.blend import BlendRanker
+from postmodern.model.families.cooccurrence import CooccurrenceRanker
 from postmodern.model.families.popularity import PopularityRanker
 from postmodern.model.lstm import (
     LSTMConfig,
@@ -214,6 +215,36 @@ def test_bundle_round_trip_ranks_identically_and_serves_skus(trained, tmp_path):
     assert unknown_only.fallback and [sku for sku, _ in unknown_only.items] == [s for s, _ in bundle.popular[:3]]
 
 
+def test_a_recommender_reuses_the_rankings_of_recent_prefixes_and_forgets_the_oldest(trained, tmp_path):
+    splits, result = trained
+    bundle = make_bundle(ranker_of(result.model), splits.vocabulary, {"model_version": "v1"})
+    recommender = SessionRecommender(bundle, cache_size=2)
+    rank_calls = []
+    rank = recommender.ranker.rank
+    recommender.ranker.rank = lambda prefixes, *args: rank_calls.append(len(prefixes)) or rank(prefixes, *args)
+
+    first = recommender.recommend([["sku5", "sku6"]], k=3)[0]
+    # the same known items (another unknown SKU): the cached ranking, with this request's unknown SKUs
+    again, other = recommender.recommend([["sku5", "nope", "sku6"], ["sku7"]], k=3)
+    assert rank_calls == [1, 1]  # only the new prefix was ranked
+    assert again.cached and not first.cached and not other.cached
+    assert again.items == first.items and again.unknown_skus == ["nope"]
+    assert recommender.recommend([["sku5", "sku6"]], k=2)[0].items == first.items[:2]  # fewer: cut from the cache
+    assert not recommender.recommend([["sku5", "sku6"]], k=4)[0].cached  # more than were ranked: ranked again
+    assert not recommender.recommend([["sku5", "sku6"]], k=3, exclude_seen=True)[0].cached  # another question
+    recommender.recommend([["sku1"]], k=3)  # a third prefix: the least recently used goes
+    assert not recommender.recommend([["sku7"]], k=3)[0].cached
+    assert recommender.recommend([["sku1"]], k=3)[0].cached
+    # what a server answers without a ranking pass: only requests with nothing to rank
+    answered = recommender.recommend_from_cache([["sku1"], ["nope"]], k=3, exclude_seen=False)
+    assert [r.cached for r in answered] == [True, False] and answered[1].fallback
+    assert answered[0].items == recommender.recommend([["sku1"]], k=3)[0].items
+    assert recommender.recommend_from_cache([["sku1"], ["sku2"]], k=3, exclude_seen=False) is None
+    # another ranker (the demo's comparison) neither reads nor fills the served model's cache
+    assert not recommender.recommend([["sku1"]], k=3, ranker=ranker_of(result.model))[0].cached
+    assert not any(r.cached for r in SessionRecommender(bundle).recommend([["sku1"], ["sku1"]], k=3))  # no cache
+
+
 def write_bundle_of_format(
     model: LSTMRecommender, vocabulary: Vocabulary, directory, format_version: int, config: dict
 ):
@@ -355,7 +386,7 @@ def test_the_transition_frequencies_are_mixed_in_after_their_first_item_only_in_
     np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-7)  # item 3 starts none: as it was
     latest, targets = torch.tensor([2, 2, 4, 3]), torch.tensor([7, 8, 1, 7])
     with torch.no_grad():
-        queries = torch.randn(4, 8)
+        queries = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
         full = model.log_probabilities(queries, latest)
         lstm_logits = model.item_logits(queries)
         np.testing.assert_allclose(model.target_logits(queries, targets), lstm_logits[range(4), targets], rtol=1e-5)
@@ -365,7 +396,8 @@ def test_the_transition_frequencies_are_mixed_in_after_their_first_item_only_in_
         mixed = model.mixed_log_probability(queries, latest, targets, log_lstm)
         np.testing.assert_allclose(mixed, full[range(4), targets], rtol=1e-5)
         lstm = log_lstm.exp().numpy()  # 2 -> 7 is 2 of item 2's 3 transitions; 2 -> 8 none; item 3 starts none
-        np.testing.assert_allclose(mixed.exp(), [0.5 * lstm[0] + 1 / 3, 0.5 * lstm[1], 0.5 * lstm[2] + 0.5, lstm[3]])
+        expected_mixed = [0.5 * lstm[0] + 1 / 3, 0.5 * lstm[1], 0.5 * lstm[2] + 0.5, lstm[3]]
+        np.testing.assert_allclose(mixed.exp(), expected_mixed, rtol=1e-6)  # float32: not to the last bit
     directory = make_bundle(ranker_of(model), splits.vocabulary, {}).save(tmp_path / "pairs")
     assert_serves_as_ranked(model, directory, splits.vocabulary)
     arrays = ModelBundle.load(directory).model.arrays
@@ -406,9 +438,19 @@ def test_a_large_catalogue_is_ranked_from_a_rough_product_as_the_float32_model_r
             assert not any(set(row) & set(p.tolist()) for row, p in zip(items.tolist(), prefixes, strict=True))
     torch.manual_seed(1)
     other = LSTMRanker(LSTMRecommender(replace(config, item_pairs=False)).eval(), counts)
-    blend = BlendRanker([ranker, other], [0.7, 0.3], counts)  # ranks from each LSTM's rough probabilities
-    items, scores = blend.rank(prefixes, 20)
-    exact_items, exact_scores = top_k(blend.probabilities(prefixes), prefixes, 20, False)
-    overlap = np.mean([len(set(a) & set(b)) for a, b in zip(items.tolist(), exact_items.tolist(), strict=True)])
-    assert overlap / 20 >= 0.999
-    np.testing.assert_allclose(scores, exact_scores, rtol=5e-3, atol=1e-7)
+    cooccurrence = CooccurrenceRanker.from_sessions(sessions, counts)
+    # a blend chooses candidates once from its parts' rough probabilities; the LSTMs score them again
+    for parts, weights in (([ranker, other], [0.7, 0.3]), ([ranker, cooccurrence], [0.6, 0.4])):
+        blend = BlendRanker(parts, weights, counts)
+        for exclude_seen, sessions_per_pass in itertools.product((False, True), (1, 300)):
+            ranked = [
+                blend.rank(prefixes[i : i + sessions_per_pass], 20, exclude_seen)
+                for i in range(0, 300, sessions_per_pass)
+            ]
+            items, scores = (np.concatenate(part) for part in zip(*ranked, strict=True))
+            exact_items, exact_scores = top_k(blend.probabilities(prefixes), prefixes, 20, exclude_seen)
+            rows = zip(items.tolist(), exact_items.tolist(), strict=True)
+            assert np.mean([len(set(a) & set(b)) for a, b in rows]) / 20 >= 0.999
+            np.testing.assert_allclose(scores, exact_scores, rtol=5e-3, atol=1e-7)
+            if exclude_seen:
+                assert not any(set(row) & set(p.tolist()) for row, p in zip(items.tolist(), prefixes, strict=True))

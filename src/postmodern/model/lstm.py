@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from postmodern.model.dataset import PADDING_ID
-from postmodern.model.ranker import Ranker, RankerState
+from postmodern.model.ranker import Ranker, RankerState, RoughProbabilities, mark_unrankable
 
 # From this many items, the product of a session's state with every output vector is most of the cost of ranking
 # it, and it is bound by how fast the vectors are read from memory (a GB/s budget this machine's neighbours share):
@@ -476,6 +476,17 @@ class LSTMRanker(Ranker):
     def rough_ranking(self, prefixes: list[np.ndarray], exclude_seen: bool) -> RoughRanking:
         """A rough product (see ROUGH_PRODUCT_MIN_ITEMS) and each row's best `RESCORED_CANDIDATES` scored again
         in float32. The seen items (with `exclude_seen`) and padding are below every item (-1)."""
+        ranking = self.rough_scores(prefixes)
+        rough = ranking.probabilities
+        mark_unrankable(rough, prefixes, exclude_seen)
+        rows = np.arange(len(rough))[:, None]
+        ranking.candidates = rough.argpartition(-RESCORED_CANDIDATES, axis=1)[:, -RESCORED_CANDIDATES:]
+        ranking.scores = ranking.exact(ranking.candidates)
+        ranking.scores[rough[rows, ranking.candidates] < 0] = -1.0  # padding and seen items, among the candidates
+        return ranking
+
+    def rough_scores(self, prefixes: list[np.ndarray]) -> RoughRanking:
+        """The rough probabilities of every item (from the rough product), before any candidate is chosen."""
         queries, latest = self.queries(prefixes)
         rough_queries = torch.from_numpy(queries).to(torch.bfloat16)
         with torch.inference_mode():
@@ -484,32 +495,14 @@ class LSTMRanker(Ranker):
             else:
                 products = F.linear(rough_queries, self.output_rows_bfloat16)
         rough, largest, denominators, gates = self.mixture(products.float().numpy(), queries, latest)
-        rough[:, PADDING_ID] = -1.0
-        if exclude_seen:
-            for row, prefix in enumerate(prefixes):
-                rough[row, prefix] = -1.0
-        rows = np.arange(len(rough))[:, None]
-        candidates = rough.argpartition(-RESCORED_CANDIDATES, axis=1)[:, -RESCORED_CANDIDATES:]
-        # In the denominator, the candidates' rough terms give way to their exact ones; the rest of the catalogue,
-        # far less probable, keeps its rough terms.
-        rough_logits = products[torch.from_numpy(rows), torch.from_numpy(candidates)].float().numpy()
-        rough_logits += self.output_bias[candidates]
-        exact_logits = self.item_logits(queries, candidates)
-        denominators = denominators + (
-            np.exp(exact_logits - largest[:, None]) - np.exp(rough_logits - largest[:, None])
-        ).sum(axis=1)
-        scores = self.mixed(latest, candidates, exact_logits, largest, denominators, gates)
-        scores[rough[rows, candidates] < 0] = -1.0  # padding and seen items, where they were among the candidates
-        return RoughRanking(rough, candidates, scores, queries, latest, largest, denominators, gates)
+        return RoughRanking(self, products, rough, queries, latest, largest, denominators, gates)
 
-    def ranking_probabilities(self, prefixes: list[np.ndarray]) -> np.ndarray:
-        """`probabilities`; at a large catalogue, a rough product's, each row's best scored again in float32."""
+    def rough_probabilities(self, prefixes: list[np.ndarray]) -> RoughProbabilities:
+        """At a large catalogue, the rough product's probabilities, and the float32 ones of given candidates."""
         if self.output_rows_bfloat16 is None:
-            return self.probabilities(prefixes)
-        ranking = self.rough_ranking(prefixes, exclude_seen=False)
-        ranking.probabilities[np.arange(len(prefixes))[:, None], ranking.candidates] = ranking.scores
-        ranking.probabilities[:, PADDING_ID] = 0.0
-        return ranking.probabilities
+            return super().rough_probabilities(prefixes)
+        ranking = self.rough_scores(prefixes)
+        return RoughProbabilities(ranking.probabilities, ranking.exact)
 
     def rank_known(self, prefixes: list[np.ndarray], k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
         """`rank`: in float32 for a small catalogue; else from `rough_ranking`."""
@@ -542,17 +535,33 @@ class LSTMRanker(Ranker):
 
 @dataclass
 class RoughRanking:
-    """`LSTMRanker.rough_ranking`: the rough probabilities [batch, n_items], the candidates and their float32
-    probabilities [batch, RESCORED_CANDIDATES], and what scoring other items the same way takes."""
+    """`LSTMRanker.rough_scores`: the rough probabilities [batch, n_items] and what scoring items again in float32
+    takes; `rough_ranking` adds each row's candidates and their float32 probabilities [batch, RESCORED_CANDIDATES]."""
 
+    ranker: LSTMRanker
+    products: torch.Tensor  # the rough product, [batch, n_items]
     probabilities: np.ndarray
-    candidates: np.ndarray
-    scores: np.ndarray
     queries: np.ndarray
     latest: np.ndarray
     largest: np.ndarray
     denominators: np.ndarray
     gates: np.ndarray
+    candidates: np.ndarray | None = None
+    scores: np.ndarray | None = None
+
+    def exact(self, candidates: np.ndarray) -> np.ndarray:
+        """[batch, c] the float32 probabilities of each row's `candidates` (distinct item ids). In the softmax's
+        denominator, the candidates' rough terms give way to their exact ones (kept for scoring other items); the
+        rest of the catalogue, far less probable, keeps its rough terms."""
+        ranker, largest = self.ranker, self.largest
+        rows = np.arange(len(candidates))[:, None]
+        rough_logits = self.products[torch.from_numpy(rows), torch.from_numpy(candidates)].float().numpy()
+        rough_logits += ranker.output_bias[candidates]
+        exact_logits = ranker.item_logits(self.queries, candidates)
+        self.denominators = self.denominators + (
+            np.exp(exact_logits - largest[:, None]) - np.exp(rough_logits - largest[:, None])
+        ).sum(axis=1)
+        return ranker.mixed(self.latest, candidates, exact_logits, largest, self.denominators, self.gates)
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -59,6 +60,15 @@ class RankerState:
         return sum(array.nbytes for array in self.arrays.values()) + sum(part.nbytes for part in self.parts)
 
 
+@dataclass
+class RoughProbabilities:
+    """[batch, n_items] probabilities to choose candidates from and, where they are rough, `exact`: the exact
+    probabilities [batch, c] of each row's c candidates (distinct item ids). Without it, they are exact."""
+
+    probabilities: np.ndarray
+    exact: Callable[[np.ndarray], np.ndarray] | None = None
+
+
 class Ranker(ABC):
     """Ranks the next item for session prefixes. Subclasses set `name` (their family's) and give `probabilities`
     and `state`; `rank` is shared (a family may rank faster without the dense probabilities, as the sparse ones do).
@@ -105,10 +115,10 @@ class Ranker(ABC):
             items[rows], scores[rows] = self.rank_known([prefixes[row] for row in rows], k, exclude_seen)
         return items, scores
 
-    def ranking_probabilities(self, prefixes: list[np.ndarray]) -> np.ndarray:
-        """The probabilities a ranking reads: `probabilities`, or (a family that ranks faster from a rough
-        computation) rough ones whose highest are exact, as a blend of this family ranks from."""
-        return self.probabilities(prefixes)
+    def rough_probabilities(self, prefixes: list[np.ndarray]) -> RoughProbabilities:
+        """What a blend of this family ranks from: `probabilities`, or (a family that ranks a large catalogue
+        from a rough computation) rough ones and the exact ones of the candidates chosen from them."""
+        return RoughProbabilities(self.probabilities(prefixes))
 
     def rank_known(self, prefixes: list[np.ndarray], k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
         """`rank` for at most `batch_size` non-empty prefixes, from the dense probabilities."""
@@ -120,10 +130,7 @@ def top_k(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each row's k most probable items (a partial selection, then a sort of the k), in place on `probabilities`.
     With `exclude_seen` the prefix's items are left out and the scores are the probabilities of what is left."""
-    probabilities[:, PADDING_ID] = -1.0  # below every item
-    if exclude_seen:
-        for row, prefix in enumerate(prefixes):
-            probabilities[row, prefix] = -1.0
+    mark_unrankable(probabilities, prefixes, exclude_seen)
     rows = np.arange(len(probabilities))[:, None]
     top_items = probabilities.argpartition(-k, axis=1)[:, -k:]
     order = (-probabilities[rows, top_items]).argsort(axis=1, kind="stable")
@@ -134,3 +141,11 @@ def top_k(
         left = np.maximum(probabilities, 0.0).sum(axis=1, keepdims=True)
         top_probabilities = np.where(top_probabilities < 0, 0.0, top_probabilities / np.maximum(left, 1e-30))
     return top_items, top_probabilities.astype(np.float32)
+
+
+def mark_unrankable(probabilities: np.ndarray, prefixes: list[np.ndarray], exclude_seen: bool) -> None:
+    """Padding, and with `exclude_seen` each prefix's own items, set below every item (-1), in place."""
+    probabilities[:, PADDING_ID] = -1.0
+    if exclude_seen:
+        for row, prefix in enumerate(prefixes):
+            probabilities[row, prefix] = -1.0

@@ -17,10 +17,11 @@ import numpy as np
 
 from postmodern.model.dataset import PADDING_ID, UNKNOWN_ID, SessionSplits
 from postmodern.model.families.base import Family, FitContext, Fitted
-from postmodern.model.ranker import Ranker, RankerState, top_k
+from postmodern.model.ranker import Ranker, RankerState, mark_unrankable, top_k
 
 WEIGHT_STEP = 0.1
 SEARCH_CHUNK = 512  # validation cases whose dense probabilities are held at once, per part
+RESCORED_CANDIDATES = 200  # the rough mixture's best, scored again exactly (as an LSTM ranks a large catalogue)
 # Items that no part scores (only a sparse family's rows have such zeros) follow popularity, as each family's own
 # ranking does; far below any score a part gives.
 POPULARITY_TIE_BREAK = 1e-9
@@ -40,19 +41,41 @@ class BlendRanker(Ranker):
         self.tie_break[PADDING_ID] = 0.0
 
     def probabilities(self, prefixes: list[np.ndarray]) -> np.ndarray:
-        return self.mix(prefixes, [part.probabilities for part in self.parts])
+        mixed = np.tile(self.tie_break, (len(prefixes), 1))
+        for part, weight in zip(self.parts, self.weights, strict=True):
+            mixed += weight * part.probabilities(prefixes)
+        return mixed
 
     def rank_known(self, prefixes: list[np.ndarray], k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
-        """From the parts' ranking probabilities (a large catalogue's LSTM: rough, but exact where it is high)."""
-        return top_k(self.mix(prefixes, [part.ranking_probabilities for part in self.parts]), prefixes, k, exclude_seen)
-
-    def mix(self, prefixes: list[np.ndarray], part_probabilities: list) -> np.ndarray:
-        mixed = part_probabilities[0](prefixes)
-        mixed *= self.weights[0]
-        for probabilities, weight in zip(part_probabilities[1:], self.weights[1:], strict=True):
-            mixed += weight * probabilities(prefixes)
-        mixed += self.tie_break
-        return mixed
+        """From the parts' rough probabilities (a large catalogue's LSTM): the mixture's best `RESCORED_CANDIDATES`
+        are chosen from them once, and the rough parts score those again exactly; the ranking is the exact
+        mixture's wherever its top k is among them. Parts that are all exact: the dense mixture's top k."""
+        mixed = np.tile(self.tie_break, (len(prefixes), 1))
+        rough_parts = []
+        for part, weight in zip(self.parts, self.weights, strict=True):
+            rough = part.rough_probabilities(prefixes)
+            rough.probabilities *= weight
+            mixed += rough.probabilities
+            if rough.exact is not None:
+                rough_parts.append((weight, rough))
+        if not rough_parts or 2 * k > RESCORED_CANDIDATES:
+            return top_k(mixed, prefixes, k, exclude_seen)
+        mark_unrankable(mixed, prefixes, exclude_seen)
+        rows = np.arange(len(prefixes))[:, None]
+        candidates = mixed.argpartition(-RESCORED_CANDIDATES, axis=1)[:, -RESCORED_CANDIDATES:]
+        scores = mixed[rows, candidates]
+        excluded = scores < 0
+        for weight, rough in rough_parts:  # each rough part's weighted share of a candidate, made exact
+            scores += weight * rough.exact(candidates) - rough.probabilities[rows, candidates]
+        scores[excluded] = -1.0
+        order = (-scores).argsort(axis=1, kind="stable")[:, :k]
+        top_items, top_scores = candidates[rows, order], scores[rows, order]
+        if exclude_seen:  # each row's scores over what is left (its rough tail as it is)
+            top_items[top_scores < 0] = PADDING_ID
+            exactly = np.maximum(scores, 0.0) - np.maximum(mixed[rows, candidates], 0.0)
+            left = np.maximum(mixed, 0.0).sum(axis=1) + exactly.sum(axis=1)
+            top_scores = np.where(top_scores < 0, 0.0, top_scores / np.maximum(left, 1e-30)[:, None])
+        return top_items, top_scores.astype(np.float32)
 
     def state(self) -> RankerState:
         return RankerState(
