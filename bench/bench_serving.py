@@ -10,7 +10,10 @@ the full catalogue: 36M events, 57,000 products in the deployed vocabulary), loa
 time as the flow's deploy splits it; a model of `--family` (the LSTM of the flow's default size trained for one
 epoch on a sample of the training sessions: latency depends on the sizes, not on the weights; the baselines
 fitted on every session); and requests made of the test set's sessions as a shopper's browser would send them
-mid-session: the SKUs seen so far (unknown ones included), one session per request, k = 20.
+mid-session: the SKUs seen so far (unknown ones included), one session per request, k = 20: every prefix of every
+test session once, shuffled, and no request sent twice in the whole bench (the server reuses the rankings of recent
+prefixes: a replayed file would be answered from them; the figures report the share so answered, and `--no-cache`
+serves without it).
 
 The load generator is Debian's `wrk` with `wrk_paced.lua`: one connection per thread, each sending on a
 fixed schedule, latency counted from when a request was due (see the script: wrk alone is closed-loop and
@@ -66,12 +69,13 @@ BASELINE_PARAMS = {
 RATE_STEPS = (1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000)
 LOWER_RATES = (750, 500, 250, 100)
 LUA = Path(__file__).with_name("wrk_paced.lua")
+REQUESTS = "requests.jsonl"  # request bodies, one per line, each sent once (see RequestStream)
 
 
 def prepare_data_and_requests(workdir: Path, profile: str, sessions: int | None, n_requests: int) -> dict:
     """Generate, load, build, split as the flow's deploy does (training and validation sessions together); write
-    the splits, test cases and request bodies. Reused when done: a workdir's warehouse is read as it is, and data
-    already generated there is loaded as it is."""
+    the splits, test cases and the requests (`REQUESTS`). Reused when done: a workdir's warehouse is read as it is,
+    and data already generated there is loaded as it is."""
     summary_path = workdir / "prepared.json"
     if summary_path.exists():
         return json.loads(summary_path.read_text())
@@ -105,12 +109,12 @@ def prepare_data_and_requests(workdir: Path, profile: str, sessions: int | None,
         if start >= test_from and len(skus) >= 2
     ]
     (workdir / "test_cases.pkl").write_bytes(pickle.dumps(next_item_cases(splits.test, max_cases=RECALL_CASES)))
-    rng = random.Random(0)
-    with (workdir / "bodies.jsonl").open("w") as bodies:
-        for _ in range(n_requests):
-            skus = rng.choice(test_sessions)
-            seen = skus[: rng.randint(1, len(skus) - 1)]
-            bodies.write(json.dumps({"sessions": [seen], "k": 20}) + "\n")
+    # One request per click after a session's first, as the shop's pages ask: every prefix of every test session
+    # once, in a random order (two requests are alike only where two shoppers' sessions began alike).
+    requests = [skus[:end] for skus in test_sessions for end in range(1, len(skus))]
+    random.Random(0).shuffle(requests)
+    with (workdir / REQUESTS).open("w") as lines:
+        lines.writelines(json.dumps({"sessions": [seen], "k": 20}) + "\n" for seen in requests[:n_requests])
     summary = {"profile": profile, "catalogue_items": len(splits.vocabulary), "test_sessions": len(test_sessions)}
     summary_path.write_text(json.dumps(summary))
     return summary
@@ -160,6 +164,27 @@ def publish_model(workdir: Path, family_name: str, train_sessions: int) -> dict:
 
 def registry(workdir: Path, family_name: str) -> Path:
     return workdir / f"registry-{family_name}"
+
+
+class RequestStream:
+    """Hands each run of wrk the next requests of the workdir's file, enough for its length, so that no request
+    is sent twice in the bench (the server keeps recent rankings: replaying a file would be answered from them).
+    Past the file's end it starts again, and says so (`reused`)."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.lines = (workdir / REQUESTS).read_text().splitlines(keepends=True)
+        self.position, self.runs, self.reused = 0, 0, False
+
+    def next_bodies(self, rate: int, seconds: float) -> Path:
+        count = int(rate * (seconds + 1) * 1.05)  # wrk may send a little beyond its schedule
+        if self.position + count > len(self.lines):
+            self.position, self.reused = 0, True
+        path = self.workdir / f"bodies-run{self.runs}.jsonl"
+        path.write_text("".join(self.lines[self.position : self.position + count]))
+        self.position += count
+        self.runs += 1
+        return path
 
 
 def ranking_recall(workdir: Path, family_name: str, pass_sessions: int = 8) -> dict:
@@ -215,8 +240,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(workdir: Path, family_name: str, port: int) -> subprocess.Popen:
-    return start_cli("serve", port, bench_env(workdir, family_name), workdir / "server.log")
+def start_server(workdir: Path, family_name: str, port: int, cache: bool = True) -> subprocess.Popen:
+    env = bench_env(workdir, family_name) | ({} if cache else {"SERVING_CACHE_PREFIXES": "0"})
+    return start_cli("serve", port, env, workdir / "server.log")
 
 
 def start_cli(command: str, port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
@@ -267,9 +293,14 @@ def paced_run(port: int, bodies: Path, rate: int, seconds: float, path: str = "/
 def measured_run(
     server_pid: int, port: int, bodies: Path, rate: int, seconds: float, path: str = "/invocations"
 ) -> dict:
-    """`paced_run`, plus the server's CPU time per request and the share of CPU time stolen meanwhile."""
+    """`paced_run`, plus the server's CPU time per request and the share of CPU time stolen meanwhile (and for the
+    model server, the share of sessions answered from its cache of recent rankings)."""
     cpu_before, stolen_before = cpu_seconds(server_pid), stolen_cpu_seconds()
+    ranked_before = ranked_counts(port) if path == "/invocations" else None
     figures = paced_run(port, bodies, rate, seconds, path)
+    if ranked_before is not None:
+        (ranked, cached), (ranked_then, cached_then) = ranked_counts(port), ranked_before
+        figures["cached_share"] = round((cached - cached_then) / max(ranked - ranked_then, 1), 3)
     figures["server_cpu_ms_per_request"] = round(
         1000 * (cpu_seconds(server_pid) - cpu_before) / max(figures["responses"], 1), 3
     )
@@ -277,6 +308,18 @@ def measured_run(
     stolen_share = (stolen_cpu_seconds() - stolen_before) / (figures["duration_s"] * os.cpu_count())
     figures["cpu_stolen_pct"] = round(100 * stolen_share, 1)
     return figures
+
+
+def ranked_counts(port: int) -> tuple[float, float]:
+    """The model server's counts so far of sessions ranked by the model, and of those answered from its cache."""
+    counts = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines()
+        if line.startswith("postmodern_")
+    }
+    return counts.get('postmodern_sessions_total{ranked_by="model"}', 0.0), counts.get(
+        "postmodern_cached_rankings_total", 0.0
+    )
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -311,6 +354,7 @@ def main() -> None:
     parser.add_argument("--train-sessions", type=int, default=20_000,
                         help="training sessions the LSTM's one epoch reads (default 20,000)")  # fmt: skip
     parser.add_argument("--workdir", type=Path, help="keep data, model and request bodies here (default: temporary)")
+    parser.add_argument("--no-cache", action="store_true", help="serve without the cache of recent rankings")
     args = parser.parse_args()
     target_rate, target_p99_ms = TARGETS.get(args.profile, (1000, 10.0))
     args.rate = args.rate or target_rate
@@ -322,20 +366,25 @@ def main() -> None:
     server = None
     try:
         prepared = {
-            **prepare_data_and_requests(workdir, args.profile, args.sessions, n_requests=20_000),
+            **prepare_data_and_requests(workdir, args.profile, args.sessions, n_requests=400_000),
             **publish_model(workdir, args.family, args.train_sessions),
         }
         print(f"serving {prepared}", flush=True)
         recall = ranking_recall(workdir, args.family)
         print(f"ranking recall {recall}", flush=True)
         port = free_port()
-        server = start_server(workdir, args.family, port)
-        bodies = workdir / "bodies.jsonl"
-        paced_run(port, bodies, args.rate, max(2.0, 5 * args.scale))  # warm-up, not reported
-        main_runs = [
-            measured_run(server.pid, port, bodies, args.rate, max(5.0, args.seconds * args.scale))
-            for _ in range(args.repeats)
-        ]
+        server = start_server(workdir, args.family, port, cache=not args.no_cache)
+        stream = RequestStream(workdir)
+
+        def send(rate: int, seconds: float, measured: bool = True) -> dict:
+            bodies = stream.next_bodies(rate, seconds)
+            figures = (measured_run(server.pid, port, bodies, rate, seconds) if measured
+                       else paced_run(port, bodies, rate, seconds))  # fmt: skip
+            bodies.unlink()
+            return figures
+
+        send(args.rate, max(2.0, 5 * args.scale), measured=False)  # warm-up, not reported
+        main_runs = [send(args.rate, max(5.0, args.seconds * args.scale)) for _ in range(args.repeats)]
         for run in main_runs:
             print(f"at {args.rate}/s: {run}", flush=True)
         main_run = median_run(main_runs)
@@ -344,7 +393,7 @@ def main() -> None:
         ladder = [r for r in RATE_STEPS if r > args.rate] if held else [r for r in LOWER_RATES if r < args.rate]
         steps = []
         for rate in ladder:
-            steps.append(paced_run(port, bodies, rate, max(3.0, 10 * args.scale)))
+            steps.append(send(rate, max(3.0, 10 * args.scale)))
             print(f"at {rate}/s: {steps[-1]}", flush=True)
             if sustained(steps[-1]) != held:
                 break
@@ -368,6 +417,9 @@ def main() -> None:
                 **{key: main_run[key] for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms")},
                 "service_p99_ms": main_run["service_p99_ms"],
                 "server_cpu_ms_per_request": main_run["server_cpu_ms_per_request"],
+                "cache": not args.no_cache,
+                "cached_share": main_run["cached_share"],
+                "requests_sent_twice": stream.reused,
                 "cpu_stolen_pct": main_run["cpu_stolen_pct"],
                 "max_sustainable_rps": max_rate,
                 **recall,

@@ -6,7 +6,7 @@ import threading
 
 from serving_support import small_bundle
 
-from postmodern.model.bundle import SessionRecommender
+from postmodern.model.bundle import RankingCache, SessionRecommender
 from postmodern.serving.batching import BatchedRanking
 
 SKUS = [f"sku{i}" for i in range(1, 21)]
@@ -156,3 +156,31 @@ def test_a_request_cancelled_while_it_waits_leaves_the_others_answered():
 
     kept, cancelled = asyncio.run(one_cancelled())
     assert cancelled and kept == alone(recommender, [["sku2"]], 3, False)
+
+
+def test_a_request_with_nothing_to_rank_is_answered_without_waiting_for_a_pass():
+    hold = threading.Event()
+    recommender = CountingRecommender("v1", hold=hold)
+    recommender.cache = RankingCache(100)
+    SessionRecommender.recommend(recommender, [["sku3"]], 5)  # ranked recently (not a pass of this server)
+
+    async def scenario():
+        batching = BatchedRanking()
+        held = asyncio.ensure_future(batching.rank(recommender, [["sku1"]], 5, False))  # its pass waits
+        await asyncio.sleep(0.05)
+        answers = await asyncio.wait_for(
+            asyncio.gather(
+                batching.rank(recommender, [["sku3"]], 5, False),  # cached
+                batching.rank(recommender, [["nope"]], 5, False),  # no known SKU: popularity
+            ),
+            timeout=5,
+        )
+        assert not held.done()
+        hold.set()
+        await held
+        return answers
+
+    cached, unknown = asyncio.run(scenario())
+    assert cached[0].cached and cached[0].items == SessionRecommender.recommend(recommender, [["sku3"]], 5)[0].items
+    assert unknown[0].fallback
+    assert [sessions for sessions, *_ in recommender.passes] == [[["sku1"]]]

@@ -216,6 +216,10 @@ def test_metrics_count_requests_time_them_and_name_the_model(client):
     }
     assert counts['postmodern_requests_total{method="POST",route="/invocations",status="200"}'] >= 1
     assert counts["postmodern_unknown_skus_total"] >= 1
+    post(client, {"sessions": [["sku2", "sku1"]], "k": 2})  # ranked now, or already cached
+    cached = float(client.get("/metrics").text.split("\npostmodern_cached_rankings_total ")[1].split()[0])
+    post(client, {"sessions": [["sku2", "sku1"], ["sku2", "nope", "sku1"]], "k": 2})  # both from the cache
+    assert f"postmodern_cached_rankings_total {cached + 2}" in client.get("/metrics").text
     client.get("/no/such/page")
     assert 'route="unmatched",status="404"' in client.get("/metrics").text  # raw paths never become labels
 

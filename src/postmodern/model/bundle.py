@@ -18,12 +18,14 @@ evaluation scores the same `rank` underneath it.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from cachetools import LRUCache
 
 from postmodern.model.dataset import PADDING_ID, Vocabulary
 from postmodern.model.families import ranker_from_state
@@ -169,15 +171,45 @@ class Recommendation:
     items: list[tuple[str, float]]
     unknown_skus: list[str]
     fallback: bool  # no known SKU in the session: popular items were returned
+    cached: bool = False  # the ranking of a recent request with the same known items was reused
+
+
+class RankingCache:
+    """The rankings of recent prefixes, by their known item ids and `exclude_seen`, for one loaded model (so a new
+    model never answers from the old one's). A shop's requests repeat, the first click on a popular product above
+    all: a quarter of YOOCHOOSE's requests repeat one of the 10,000 before them, a third one of the 100,000 (its
+    1/64 sample of the traffic; the full traffic repeats more). Least recently used out first; each entry is two
+    arrays of k numbers (about 0.4 kB at k = 20)."""
+
+    def __init__(self, size: int):
+        self._entries: LRUCache | None = LRUCache(maxsize=size) if size > 0 else None
+        self._lock = threading.Lock()  # serving ranks on its ranking thread and, for large requests, others
+
+    def get(self, key: tuple, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The cached items and scores when at least k were ranked for `key`, cut to k."""
+        if self._entries is None:
+            return None
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None or len(entry[0]) < k:
+            return None
+        return entry[0][:k], entry[1][:k]
+
+    def put(self, key: tuple, items: np.ndarray, scores: np.ndarray) -> None:
+        if self._entries is not None:
+            with self._lock:
+                self._entries[key] = (items.copy(), scores.copy())
 
 
 class SessionRecommender:
-    """A loaded bundle, ready to rank: SKUs in, SKUs out."""
+    """A loaded bundle, ready to rank: SKUs in, SKUs out. With `cache_size`, the rankings of that many recent
+    prefixes are kept and reused (`RankingCache`)."""
 
-    def __init__(self, bundle: ModelBundle):
+    def __init__(self, bundle: ModelBundle, cache_size: int = 0):
         self.bundle = bundle
         self.vocabulary = Vocabulary(bundle.vocabulary)
         self.ranker = ranker_from_state(bundle.model)
+        self.cache = RankingCache(cache_size)
 
     @property
     def version(self) -> str:
@@ -205,19 +237,49 @@ class SessionRecommender:
     ) -> list[Recommendation]:
         """Top-k next SKUs for each session, ranked in one batch (by the bundle's ranker, or `ranker` over the
         same vocabulary); unknown SKUs are ignored and reported. With `exclude_seen`, SKUs already in the session
-        are not recommended again."""
+        are not recommended again. The bundle's ranker answers a prefix it ranked recently from its cache."""
+        cache = self.cache if ranker is None else RankingCache(0)
+        encoded, keys, ranked = self._from_cache(sessions, k, exclude_seen, cache)
+        cached = set(ranked)
+        to_rank = [index for index, (items, _) in enumerate(encoded) if items and index not in cached]
+        if to_rank:
+            items, scores = (ranker or self.ranker).rank([encoded[i][0] for i in to_rank], k, exclude_seen)
+            for row, index in enumerate(to_rank):
+                ranked[index] = items[row], scores[row]
+                cache.put(keys[index], items[row], scores[row])
+        return self._recommendations(encoded, ranked, cached, k)
+
+    def recommend_from_cache(
+        self, sessions: list[list[str]], k: int, exclude_seen: bool
+    ) -> list[Recommendation] | None:
+        """`recommend`, when no session needs ranking (each ranked recently, or without a known SKU); else None. A
+        server answers these at once, without waiting for a ranking pass."""
+        encoded, _, ranked = self._from_cache(sessions, k, exclude_seen, self.cache)
+        if any(items and index not in ranked for index, (items, _) in enumerate(encoded)):
+            return None
+        return self._recommendations(encoded, ranked, set(ranked), k)
+
+    def _from_cache(
+        self, sessions: list[list[str]], k: int, exclude_seen: bool, cache: RankingCache
+    ) -> tuple[list[tuple[list[int], list[str]]], list[tuple], dict[int, tuple[np.ndarray, np.ndarray]]]:
+        """Each session's known item ids and unknown SKUs, its cache key, and the cached rankings by session."""
         encoded = [self.vocabulary.encode(session) for session in sessions]
-        known = [index for index, (items, _) in enumerate(encoded) if items]
-        ranked_items, ranked_scores = (ranker or self.ranker).rank([encoded[i][0] for i in known], k, exclude_seen)
-        by_session = {index: row for row, index in enumerate(known)}
+        keys = [(tuple(items), exclude_seen) for items, _ in encoded]
+        ranked = {}
+        for index, (items, _) in enumerate(encoded):
+            hit = cache.get(keys[index], k) if items else None
+            if hit is not None:
+                ranked[index] = hit
+        return encoded, keys, ranked
+
+    def _recommendations(self, encoded: list, ranked: dict, cached: set[int], k: int) -> list[Recommendation]:
         results = []
         for index, (_, unknown) in enumerate(encoded):
-            row = by_session.get(index)
-            if row is None:
+            if index not in ranked:
                 results.append(Recommendation(self.bundle.popular[:k], unknown, fallback=True))
                 continue
-            rankable = ranked_items[row] != PADDING_ID
-            skus = self.vocabulary.decode(ranked_items[row][rankable])
-            scores = ranked_scores[row][rankable].tolist()
-            results.append(Recommendation(list(zip(skus, scores, strict=True)), unknown, fallback=False))
+            items, scores = ranked[index]
+            rankable = items != PADDING_ID
+            pairs = list(zip(self.vocabulary.decode(items[rankable]), scores[rankable].tolist(), strict=True))
+            results.append(Recommendation(pairs, unknown, fallback=False, cached=index in cached))
         return results

@@ -58,6 +58,7 @@ class ServingConfig:
     max_body_bytes: int = 1_048_576
     max_sku_length: int = MAX_FIELD_LENGTH
     reload_seconds: float = 2.0
+    cache_prefixes: int = 50_000  # recent prefixes whose rankings are reused (see RankingCache)
     api_key: SecretStr | None = None
     collector_url: str = ""  # where the demo page posts its events
 
@@ -70,6 +71,7 @@ class ServingConfig:
             max_body_bytes=settings.serving_max_body_bytes,
             max_sku_length=settings.serving_max_sku_length,
             reload_seconds=settings.serving_reload_seconds,
+            cache_prefixes=settings.serving_cache_prefixes,
             api_key=settings.serving_api_key,
             collector_url=settings.demo_collector_url,
         )
@@ -248,7 +250,9 @@ def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig
     (live, not ready) and serves the first bundle that loads."""
     metrics = ServingMetrics()
     served = ServedModel(
-        source if isinstance(source, ModelSource) else ModelSource(Path(source)), on_reload=metrics.record_reload
+        source if isinstance(source, ModelSource) else ModelSource(Path(source)),
+        on_reload=metrics.record_reload,
+        cache_prefixes=config.cache_prefixes,
     )
     request_model = invocation_model(config)
 
@@ -302,7 +306,8 @@ def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig
     ) -> list[Recommendation]:
         results = await batched.rank(recommender, sessions, k, exclude_seen)
         fallbacks = sum(r.fallback for r in results)
-        metrics.record_sessions(len(results) - fallbacks, fallbacks, sum(len(r.unknown_skus) for r in results))
+        unknown, cached = sum(len(r.unknown_skus) for r in results), sum(r.cached for r in results)
+        metrics.record_sessions(len(results) - fallbacks, fallbacks, unknown, cached)
         return results
 
     # The route that takes the load.

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the endpoint: requests, latency, the model served, reloads, fallbacks.
+"""Prometheus metrics of the endpoint: requests, latency, the model served, reloads, fallbacks, cached rankings.
 
 Each app has its own collector registry, so two apps in one process (tests) never mix their counts.
 """
@@ -45,6 +45,11 @@ class ServingMetrics:
             registry=self.registry,
         )
         self.unknown_skus = Counter("postmodern_unknown_skus", "SKUs the model did not know.", registry=self.registry)
+        self.cached = Counter(
+            "postmodern_cached_rankings",
+            "Sessions answered with the cached ranking of a recent request with the same known items.",
+            registry=self.registry,
+        )
         # labelled once: `labels()` takes a lock and builds a key on every call, and this runs per request
         self._ranked_by_model = self.sessions.labels("model")
         self._ranked_by_fallback = self.sessions.labels("fallback")
@@ -55,13 +60,15 @@ class ServingMetrics:
             self.model.info({"version": version, "family": family or "unknown"})
             self.ready.set(1)
 
-    def record_sessions(self, ranked_by_model: int, fallbacks: int, unknown_skus: int) -> None:
+    def record_sessions(self, ranked_by_model: int, fallbacks: int, unknown_skus: int, cached: int = 0) -> None:
         if ranked_by_model:
             self._ranked_by_model.inc(ranked_by_model)
         if fallbacks:
             self._ranked_by_fallback.inc(fallbacks)
         if unknown_skus:
             self.unknown_skus.inc(unknown_skus)
+        if cached:
+            self.cached.inc(cached)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

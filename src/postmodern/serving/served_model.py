@@ -18,9 +18,16 @@ log = logging.getLogger(__name__)
 
 
 class ServedModel:
-    def __init__(self, source: ModelSource, on_reload: Callable[[str, str | None, str | None], None] = lambda *_: None):
-        """`on_reload(outcome, version, family)` hears of every load attempt: outcome "loaded" or "failed"."""
+    def __init__(
+        self,
+        source: ModelSource,
+        on_reload: Callable[[str, str | None, str | None], None] = lambda *_: None,
+        cache_prefixes: int = 0,
+    ):
+        """`on_reload(outcome, version, family)` hears of every load attempt: outcome "loaded" or "failed".
+        Each model loaded keeps the rankings of `cache_prefixes` recent prefixes (a new one starts empty)."""
         self.source = source
+        self.cache_prefixes = cache_prefixes
         self.recommender: SessionRecommender | None = None
         self.last_error: str | None = None
         self._on_reload = on_reload
@@ -40,7 +47,7 @@ class ServedModel:
                 directory = self.source.bundle_dir()
                 if self.recommender is not None and bundle_version(directory) == self.recommender.version:
                     return False
-                recommender = SessionRecommender(ModelBundle.load(directory))
+                recommender = SessionRecommender(ModelBundle.load(directory), self.cache_prefixes)
                 recommender.recommend([recommender.vocabulary.skus[:1]], k=1)  # warm-up, off the request path
             except Exception as error:  # a broken bundle must never take the served model down with it
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
