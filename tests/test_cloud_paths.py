@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import duckdb
 import pytest
 from conftest import SNOWFLAKE_CREDENTIALS, make_settings
-from test_dbt import query
+from fakesnow_support import extend_fakesnow, fakesnow_server
+from test_dbt import query, write_coveo
 
 from postmodern.transform.dbt_cloud import DbtCloudClient, DbtCloudError
 from postmodern.transform.dbt_runner import DbtBuildError
 
 FIXTURES = Path(__file__).parent / "fixtures"
+FLOW = Path(__file__).resolve().parents[1] / "flows" / "recommender_flow.py"
 MANIFEST = {"metadata": {"project_name": "postmodern"}, "nodes": {}, "sources": {}}
 SUCCESSFUL_RUN = {"results": [{"unique_id": "model.postmodern.sessions", "status": "success", "execution_time": 1.5}]}
 
@@ -211,16 +215,10 @@ def test_snowflake_without_its_extra_says_how_to_install_it(tmp_path, monkeypatc
 @pytest.fixture
 def snowflake(tmp_path, monkeypatch):
     """Settings for WAREHOUSE=snowflake, whose connector talks to fakesnow (a Snowflake emulated on DuckDB, the
-    connector's own module patched in process). fakesnow's cursor lacks `fetch_arrow_all`, which the real one has:
-    it is given here, from the rows as fakesnow fetches them."""
+    connector's own module patched in process), with what `fakesnow_support` adds to the emulator."""
     import fakesnow
-    import pyarrow as pa
-    from fakesnow.cursor import FakeSnowflakeCursor
 
-    def fetch_arrow_all(cursor):
-        return pa.Table.from_pandas(cursor.fetch_pandas_all(), preserve_index=False)
-
-    monkeypatch.setattr(FakeSnowflakeCursor, "fetch_arrow_all", fetch_arrow_all, raising=False)
+    extend_fakesnow(monkeypatch)
     with fakesnow.patch():
         yield make_settings(tmp_path, **SNOWFLAKE_CREDENTIALS)
 
@@ -271,30 +269,20 @@ def test_a_failed_snowflake_insert_rolls_the_whole_load_back(snowflake, tiny_dat
         assert count["n"] in (7, 13, 2), table  # the first load's rows only
 
 
-def test_the_dbt_project_builds_on_snowflake_with_dbt_snowflake_against_fakesnow(tmp_path, tiny_data, monkeypatch):
-    """`dbt build --target snowflake` (dbt-snowflake, the snowflake dispatch macros, VARIANT paths) against fakesnow's
-    server on loopback, the data loaded by the loader into the server's instance (fakesnow's write_pandas: the
-    connector's own cannot PUT to the emulator). Every model and test runs and passes but the sessions mart:
-    fakesnow cannot bind the lambda of Snowflake's TRANSFORM over the sorted records (a fakesnow gap; the model is
-    Snowflake's, unchanged), so it and its tests stop there."""
+@pytest.fixture
+def snowflake_server(tmp_path, monkeypatch):
+    """fakesnow's server on loopback (what dbt-snowflake and a flow's processes connect to over HTTP); the settings
+    that point at it, a connection to it in process, and a loader into it (into the server's instance with
+    fakesnow's write_pandas: the connector's own cannot PUT to the emulator)."""
     import fakesnow
-    import pyarrow as pa
-    from fakesnow.cursor import FakeSnowflakeCursor
-
-    from postmodern.data.load import load_source
-    from postmodern.transform.dbt_runner import run_dbt_build
-    from postmodern.warehouse.snowflake_warehouse import SnowflakeWarehouse
-
-    monkeypatch.setattr(
-        FakeSnowflakeCursor,
-        "fetch_arrow_all",
-        lambda cursor: pa.Table.from_pandas(cursor.fetch_pandas_all(), preserve_index=False),
-        raising=False,
-    )
     import snowflake.connector
 
+    from postmodern.data.load import load_source
+    from postmodern.warehouse.snowflake_warehouse import SnowflakeWarehouse
+
+    extend_fakesnow(monkeypatch)
     monkeypatch.setattr(snowflake.connector, "paramstyle", "qmark")  # as SnowflakeWarehouse sets it when it connects
-    with fakesnow.server() as server:
+    with fakesnow_server() as server:
         settings = make_settings(
             tmp_path,
             **{**SNOWFLAKE_CREDENTIALS, "sf_account": server["account"], "sf_db": "POSTMODERN", "sf_warehouse": "W"},
@@ -302,23 +290,102 @@ def test_the_dbt_project_builds_on_snowflake_with_dbt_snowflake_against_fakesnow
             sf_port=server["port"],
             sf_protocol="http",
         )
-        with fakesnow.patch():
+
+        def connect_in_process() -> SnowflakeWarehouse:
             # the server's shared instance (its module, imported by `fakesnow.server()`, shadows the function)
-            connection = sys.modules["fakesnow.server"].shared_fs.connect("POSTMODERN", settings.sf_schema)
-            summary = load_source(SnowflakeWarehouse(settings, connection), settings, tiny_data, progress=False)
-        assert summary.events > 20_000
-        with pytest.raises(
-            DbtBuildError, match=r"(?s)model\.postmodern\.sessions: error \(.*lambda function binding"
-        ) as failure:
-            run_dbt_build(settings)
+            instance = sys.modules["fakesnow.server"].shared_fs
+            return SnowflakeWarehouse(settings, instance.connect("POSTMODERN", settings.sf_schema))
+
+        def load(directory: Path):
+            with fakesnow.patch():  # write_pandas, fakesnow's
+                return load_source(connect_in_process(), settings, directory, progress=False)
+
+        yield settings, connect_in_process, load
+
+
+def test_the_dbt_project_builds_on_snowflake_with_dbt_snowflake_against_fakesnow(snowflake_server, tiny_data, tmp_path):
+    """`dbt build --target snowflake` (dbt-snowflake, the snowflake dispatch macros, VARIANT paths, the sessions mart's
+    TRANSFORM over sorted records, the incremental models) against fakesnow's server: every model builds and every
+    test passes, and after a second load the incremental build equals a full refresh. Where fakesnow falls short of
+    Snowflake, `fakesnow_support` teaches the emulator; the project's SQL stays Snowflake's. The flow's read of the
+    mart gives arrays as lists, as on DuckDB."""
+    import pyarrow as pa
+
+    from postmodern.model.dataset import read_session_mart
+    from postmodern.transform.dbt_runner import run_dbt_build
+
+    settings, connect_in_process, load = snowflake_server
+    lines = (tiny_data / "browsing_train.csv").read_text().splitlines()[1:]
+    half = len(lines) // 2  # a session cut across loads, and 50 events loaded twice
+    load(write_coveo(tmp_path / "a", lines[:half], catalogue_skus=None))
+    first_build = run_dbt_build(settings)
+    load(write_coveo(tmp_path / "b", lines[half - 50 :], catalogue_skus=None))
+    build = run_dbt_build(settings)  # incremental: the second load's events only
+    sessions = read_session_mart(connect_in_process(), settings.application_api_key)
+    full_refresh = run_dbt_build(settings, full_refresh=True)
+    rebuilt = read_session_mart(connect_in_process(), settings.application_api_key)
+    assert sessions.to_pylist() == rebuilt.to_pylist()  # the incremental build equals a full refresh
+    assert not (first_build.failed_tests or full_refresh.failed_tests)
     assert not {"SF_PWD", "SF_HOST", "DUCKDB_PATH"} & set(os.environ)  # the build's variables left with it
-    statuses = {result.unique_id: result.status for result in failure.value.results}
-    assert {node for node, status in statuses.items() if status == "error"} == {"model.postmodern.sessions"}
+    statuses = {result.unique_id: result.status for result in build.results}
     built = {node for node, status in statuses.items() if status == "success"}
     assert {
         "model.postmodern.stg_browsing_events",
+        "model.postmodern.sessions",
         "model.postmodern.products",
         "model.postmodern.data_health_daily",
     } <= built
+    assert set(statuses.values()) <= {"success", "pass"}  # every model built, every test passed
+    # the flow's read of the mart: arrays as lists, as DuckDB gives them
+    assert sessions.num_rows > 1_000 and sessions.schema.field("interactions").type == pa.list_(pa.string())
+    first = sessions.slice(0, 1).to_pylist()[0]
+    assert len(first["interactions"]) == len(first["timestamps"]) and first["timestamps"] == sorted(first["timestamps"])
     assert sum(status == "pass" for status in statuses.values()) >= 20
     assert not {node for node, status in statuses.items() if status in ("fail", "warn")}
+
+
+def test_the_flow_runs_on_snowflake_on_fakesnow_from_dbt_to_a_deployed_model(snowflake_server, tmp_path, tiny_data):
+    """WAREHOUSE=snowflake for the whole flow, its processes talking to fakesnow's server with the real connector
+    and dbt-snowflake: the raw log checked, dbt built and tested, the marts read, models trained, tested, deployed."""
+    settings, _, load = snowflake_server
+    assert load(tiny_data).events > 20_000
+    env = {
+        **{name: value for name, value in os.environ.items() if not name.startswith(("SF_", "DUCKDB_", "WAREHOUSE"))},
+        "USERNAME": "e2e",
+        "PYTHONUNBUFFERED": "1",
+        "WAREHOUSE": "snowflake",
+        "SF_USER": settings.sf_user,
+        "SF_PWD": "sf-pwd-canary-3f1a",  # the emulator takes any: a recognisable one, never to be printed
+        "SF_ACCOUNT": settings.sf_account,
+        "SF_DB": settings.sf_db,
+        "SF_ROLE": settings.sf_role,
+        "SF_WAREHOUSE": settings.sf_warehouse,
+        "SF_HOST": settings.sf_host,
+        "SF_PORT": str(settings.sf_port),
+        "SF_PROTOCOL": "http",
+    }
+    for name in ("DATA_DIR", "REGISTRY_DIR", "MLFLOW_TRACKING_URI", "MAX_SESSIONS"):
+        env.pop(name, None)
+    arguments = ["--epochs", "1", "--search_size", "1", "--families", "popularity,cooccurrence,lstm"]
+    arguments += ["--blends", "false", "--refit", "false", "--gate_margin", "-1"]
+    flow = subprocess.run(
+        [sys.executable, str(FLOW), "run", *arguments],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = flow.stdout + flow.stderr
+    assert flow.returncode == 0, output[-4000:]
+    assert "'warehouse': 'snowflake'" in output and "raw events in the log" in output
+    assert "PASS=36 WARN=0 ERROR=0" in output and "data quality: every test passed" in output
+    # every session with a product event, as the DuckDB path reads them
+    ((expected,),) = duckdb.sql(
+        f"select count(distinct session_id_hash) from read_csv('{tiny_data / 'browsing_train.csv'}') "
+        "where event_type = 'event_product'"
+    ).fetchall()
+    assert f"{expected:,} sessions and " in output
+    assert "gate passed" in output and "deployed" in output
+    assert (tmp_path / "data" / "registry" / "LATEST").exists()
+    assert "sf-pwd-canary-3f1a" not in output

@@ -330,7 +330,7 @@ def test_the_gate_blocks_a_model_that_does_not_beat_the_deployed_one_by_the_marg
     verdict = check_gate(report, ONLY_POPULARITY_SLICES)
     assert not verdict.passed
     assert [check.name for check in verdict.failures] == ["beats deployed on MRR@20"]
-    assert "lstm MRR@20 0.2000 does not beat deployed 0.1990 by +1% (needs more than 0.2010)" in verdict.summary()
+    assert "lstm MRR@20 0.2000 does not beat deployed 0.1990 (margin +1%: needs more than 0.2010)" in verdict.summary()
     assert check_gate(report, GateConfig(margin=0.0, slice_tests=("hr_by_popularity",))).passed
     equal = gate_report({"lstm": 0.2, "popularity": 0.2}, {"lstm": {}, "popularity": {}}, {})
     assert not check_gate(equal, GateConfig(margin=0.0, slice_tests=())).passed  # a tie does not beat

@@ -88,7 +88,7 @@ def _beats(report: SuiteReport, config: GateConfig, reference: str) -> GateCheck
         name,
         passed,
         f"{report.candidate} {config.metric.upper()} {candidate:.4f} {verb} {reference} {baseline:.4f} "
-        f"by {config.margin:+.0%} (needs more than {needed:.4f})",
+        f"(margin {config.margin:+.0%}: needs more than {needed:.4f})",
     )
 
 

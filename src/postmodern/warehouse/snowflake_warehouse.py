@@ -10,6 +10,7 @@ import uuid
 from dataclasses import asdict
 
 import duckdb
+import orjson
 import pyarrow as pa
 
 from postmodern.config import LogTables, Settings
@@ -17,6 +18,7 @@ from postmodern.warehouse import LOG_TABLE_COLUMNS, WarehouseError
 
 TYPES = {"text": "varchar", "bigint": "number", "date": "date", "document": "variant", "double": "float"}
 LOAD_BATCH_ROWS = 1_000_000
+SEMI_STRUCTURED_TYPE_CODES = {5, 9, 10}  # VARIANT, OBJECT, ARRAY (the connector's FIELD_TYPES)
 
 
 def _connector():
@@ -121,9 +123,17 @@ class SnowflakeWarehouse:
         return {table: rows for table, (_, _, rows) in uploaded.items()}
 
     def query(self, sql: str, parameters: list | None = None) -> pa.Table:
-        """The rows as Arrow, columns named in lower case as on DuckDB (Snowflake upper-cases unquoted names)."""
-        table = self._execute(sql, parameters).fetch_arrow_all() or pa.table({})
-        return table.rename_columns([name.lower() for name in table.column_names])
+        """The rows as Arrow, as DuckDB gives them: columns named in lower case (Snowflake upper-cases unquoted
+        names), and arrays and objects as Arrow lists and structs (Snowflake sends them as JSON text)."""
+        cursor = self._execute(sql, parameters)
+        table = cursor.fetch_arrow_all() or pa.table({})
+        table = table.rename_columns([name.lower() for name in table.column_names])
+        for column in cursor.description:
+            if column.type_code in SEMI_STRUCTURED_TYPE_CODES:
+                name = column.name.lower()
+                values = [None if text is None else orjson.loads(text) for text in table[name].to_pylist()]
+                table = table.set_column(table.column_names.index(name), name, pa.array(values))
+        return table
 
     def table_exists(self, table: str) -> bool:
         row = self._execute(
