@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,12 +16,12 @@ import pytest
 from conftest import SNOWFLAKE_CREDENTIALS, make_settings
 from fakesnow_support import extend_fakesnow, fakesnow_server
 from test_dbt import query, write_coveo
+from test_end_to_end import run_quick_flow
 
 from postmodern.transform.dbt_cloud import DbtCloudClient, DbtCloudError
 from postmodern.transform.dbt_runner import DbtBuildError
 
 FIXTURES = Path(__file__).parent / "fixtures"
-FLOW = Path(__file__).resolve().parents[1] / "flows" / "recommender_flow.py"
 MANIFEST = {"metadata": {"project_name": "postmodern"}, "nodes": {}, "sources": {}}
 SUCCESSFUL_RUN = {"results": [{"unique_id": "model.postmodern.sessions", "status": "success", "execution_time": 1.5}]}
 
@@ -366,16 +365,7 @@ def test_the_flow_runs_on_snowflake_on_fakesnow_from_dbt_to_a_deployed_model(sno
     }
     for name in ("DATA_DIR", "REGISTRY_DIR", "MLFLOW_TRACKING_URI", "MAX_SESSIONS"):
         env.pop(name, None)
-    arguments = ["--epochs", "1", "--search_size", "1", "--families", "popularity,cooccurrence,lstm"]
-    arguments += ["--blends", "false", "--refit", "false", "--gate_margin", "-1"]
-    flow = subprocess.run(
-        [sys.executable, str(FLOW), "run", *arguments],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    flow = run_quick_flow(tmp_path, env)
     output = flow.stdout + flow.stderr
     assert flow.returncode == 0, output[-4000:]
     assert "'warehouse': 'snowflake'" in output and "raw events in the log" in output

@@ -58,6 +58,16 @@ print(json.dumps({"run_id": run.id, **{step: run[step].task.origin_pathspec for 
 """
 
 
+# The shortest run that still trains, tests and deploys: three families, one candidate each, no blend, no refit.
+QUICK_FLOW = ["--epochs", "1", "--search_size", "1", "--families", "popularity,cooccurrence,lstm"]
+QUICK_FLOW += ["--blends", "false", "--refit", "false", "--gate_margin", "-1"]
+
+
+def run_quick_flow(workspace, env) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(FLOW), "run", *QUICK_FLOW]
+    return subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True, timeout=600)
+
+
 def run(command, workspace, env, timeout):
     result = subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
@@ -244,16 +254,7 @@ def test_a_run_stopped_by_the_data_gate_resumes_from_dbt_once_the_data_is_fixed(
         env.pop(name, None)
     load = [sys.executable, "-m", "postmodern.cli", "load", "--quiet", "--path"]
     run([*load, str(broken)], tmp_path, env, 120)
-    arguments = ["--epochs", "1", "--search_size", "1", "--families", "popularity,cooccurrence,lstm"]
-    arguments += ["--blends", "false", "--refit", "false", "--gate_margin", "-1"]
-    flow = subprocess.run(
-        [sys.executable, str(FLOW), "run", *arguments],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    flow = run_quick_flow(tmp_path, env)
     output = flow.stdout + flow.stderr
     assert flow.returncode != 0
     assert "data quality gate: training stopped" in output and "share_missing_below" in output
