@@ -550,9 +550,9 @@ class RoughRanking:
     scores: np.ndarray | None = None
 
     def exact(self, candidates: np.ndarray) -> np.ndarray:
-        """[batch, c] the float32 probabilities of each row's `candidates` (distinct item ids). In the softmax's
-        denominator, the candidates' rough terms give way to their exact ones (kept for scoring other items); the
-        rest of the catalogue, far less probable, keeps its rough terms."""
+        """[batch, c] the float32 probabilities of each row's `candidates` (distinct item ids); once per ranking. In
+        the softmax's denominator, the candidates' rough terms give way to their exact ones (the corrected one is
+        kept, to score other items alike); the rest of the catalogue, far less probable, keeps its rough terms."""
         ranker, largest = self.ranker, self.largest
         rows = np.arange(len(candidates))[:, None]
         rough_logits = self.products[torch.from_numpy(rows), torch.from_numpy(candidates)].float().numpy()

@@ -27,10 +27,16 @@ class SparseRanker(Ranker):
     def probabilities(self, prefixes: list[np.ndarray]) -> np.ndarray:
         probabilities = np.zeros((len(prefixes), self.n_items), dtype=np.float32)
         for start in range(0, len(prefixes), self.batch_size):
-            chunk = normalised_rows(self.score_chunk(prefixes[start : start + self.batch_size]))
-            rows = np.repeat(np.arange(chunk.shape[0]), np.diff(chunk.indptr)) + start
-            probabilities[rows, chunk.indices] = chunk.data
+            chunk = slice(start, start + self.batch_size)
+            self.add_probabilities(prefixes[chunk], probabilities[chunk], 1.0)
         return probabilities
+
+    def add_probabilities(self, prefixes: list[np.ndarray], mixed: np.ndarray, weight: float) -> None:
+        """Adds `weight` times the prefixes' probabilities to `mixed` [len(prefixes), n_items], only where they are
+        not zero: a blend mixes a sparse part in without a catalogue-wide array of it."""
+        scored = normalised_rows(self.score_chunk(prefixes))
+        rows = np.repeat(np.arange(scored.shape[0]), np.diff(scored.indptr))
+        mixed[rows, scored.indices] += weight * scored.data
 
     def rank_known(self, prefixes: list[np.ndarray], k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
         """The top k of the sparse scores, as probabilities (of the items not in the prefix, with `exclude_seen`)."""

@@ -18,6 +18,7 @@ import numpy as np
 from postmodern.model.dataset import PADDING_ID, UNKNOWN_ID, SessionSplits
 from postmodern.model.families.base import Family, FitContext, Fitted
 from postmodern.model.ranker import Ranker, RankerState, mark_unrankable, top_k
+from postmodern.model.sparse import SparseRanker
 
 WEIGHT_STEP = 0.1
 SEARCH_CHUNK = 512  # validation cases whose dense probabilities are held at once, per part
@@ -53,6 +54,9 @@ class BlendRanker(Ranker):
         mixed = np.tile(self.tie_break, (len(prefixes), 1))
         rough_parts = []
         for part, weight in zip(self.parts, self.weights, strict=True):
+            if isinstance(part, SparseRanker):  # where it scores: a few thousand items a row, not the catalogue
+                part.add_probabilities(prefixes, mixed, weight)
+                continue
             rough = part.rough_probabilities(prefixes)
             rough.probabilities *= weight
             mixed += rough.probabilities
