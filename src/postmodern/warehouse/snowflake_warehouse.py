@@ -128,7 +128,7 @@ class SnowflakeWarehouse:
         cursor = self._execute(sql, parameters)
         table = cursor.fetch_arrow_all() or pa.table({})
         table = table.rename_columns([name.lower() for name in table.column_names])
-        for column in cursor.description:
+        for column in cursor.description or []:
             if column.type_code in SEMI_STRUCTURED_TYPE_CODES:
                 name = column.name.lower()
                 values = [None if text is None else orjson.loads(text) for text in table[name].to_pylist()]
