@@ -242,7 +242,9 @@ def test_a_recommender_reuses_the_rankings_of_recent_prefixes_and_forgets_the_ol
     assert recommender.recommend_from_cache([["sku1"], ["sku2"]], k=3, exclude_seen=False) is None
     # another ranker (the demo's comparison) neither reads nor fills the served model's cache
     assert not recommender.recommend([["sku1"]], k=3, ranker=ranker_of(result.model))[0].cached
-    assert not any(r.cached for r in SessionRecommender(bundle).recommend([["sku1"], ["sku1"]], k=3))  # no cache
+    without_cache = SessionRecommender(bundle)
+    assert not any(r.cached for r in without_cache.recommend([["sku1"], ["sku1"]], k=3))
+    assert without_cache.recommend_from_cache([["nope"]], k=3, exclude_seen=False) is None  # always to a pass
 
 
 def write_bundle_of_format(

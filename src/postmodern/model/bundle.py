@@ -185,6 +185,10 @@ class RankingCache:
         self._entries: LRUCache | None = LRUCache(maxsize=size) if size > 0 else None
         self._lock = threading.Lock()  # serving ranks on its ranking thread and, for large requests, others
 
+    @property
+    def enabled(self) -> bool:
+        return self._entries is not None
+
     def get(self, key: tuple, k: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The cached items and scores when at least k were ranked for `key`, cut to k."""
         if self._entries is None:
@@ -253,7 +257,9 @@ class SessionRecommender:
         self, sessions: list[list[str]], k: int, exclude_seen: bool
     ) -> list[Recommendation] | None:
         """`recommend`, when no session needs ranking (each ranked recently, or without a known SKU); else None. A
-        server answers these at once, without waiting for a ranking pass."""
+        server answers these at once, without waiting for a ranking pass. None without a cache."""
+        if not self.cache.enabled:
+            return None
         encoded, _, ranked = self._from_cache(sessions, k, exclude_seen, self.cache)
         if any(items and index not in ranked for index, (items, _) in enumerate(encoded)):
             return None

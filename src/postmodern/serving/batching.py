@@ -8,7 +8,8 @@ catalogue): the passes grow with the load, and the queue drains. The loop and th
 NumPy's products and element-wise loops let go of the interpreter lock while they work.
 
 A request of more than `alone_min_sessions` sessions is ranked alone in another thread, so that it holds up
-no small one. A request with nothing to rank (its sessions' rankings cached, or no SKU known) is answered at once.
+no small one. A small request with nothing to rank (its sessions' rankings cached, or no SKU known) is answered at
+once, when the model keeps a cache.
 """
 
 from __future__ import annotations
@@ -65,11 +66,11 @@ class BatchedRanking:
     async def rank(
         self, recommender: SessionRecommender, sessions: list[list[str]], k: int, exclude_seen: bool
     ) -> list[Recommendation]:
+        if len(sessions) >= self.alone_min_sessions:
+            return await run_in_threadpool(recommender.recommend, sessions, k, exclude_seen)
         answered = recommender.recommend_from_cache(sessions, k, exclude_seen)
         if answered is not None:  # nothing to rank: no wait for a pass
             return answered
-        if len(sessions) >= self.alone_min_sessions:
-            return await run_in_threadpool(recommender.recommend, sessions, k, exclude_seen)
         loop = asyncio.get_running_loop()
         if not self._ranking:
             self._ranking = True
