@@ -40,13 +40,6 @@ class CooccurrenceRanker(SparseRanker):
         params = {"window": window, "directed": directed, "weighting": weighting}
         return cls(cooccurrence_matrix(sessions, len(train_counts), window, directed), train_counts, params)
 
-    def probabilities(self, prefixes: list[np.ndarray]) -> np.ndarray:
-        if len(prefixes) > FEW_PREFIXES:
-            return super().probabilities(prefixes)
-        probabilities = np.zeros((len(prefixes), self.n_items), dtype=np.float32)
-        self.add_probabilities(prefixes, probabilities, 1.0)
-        return probabilities
-
     def add_probabilities(self, prefixes: list[np.ndarray], mixed: np.ndarray, weight: float) -> None:
         """As `SparseRanker.add_probabilities`; a few prefixes (serving's passes, a blend's part) straight from the
         rows of `transitions`, without a sparse product's fixed cost (a fifth of it at 57,000 items)."""
