@@ -21,7 +21,7 @@ from postmodern.model.lstm import (
     pad_batch,
     real_positions,
 )
-from postmodern.model.ranker import top_k
+from postmodern.model.ranker import largest, top_k
 from postmodern.model.train import (
     NegativeSampler,
     TrainConfig,
@@ -408,9 +408,24 @@ def test_the_transition_frequencies_are_mixed_in_after_their_first_item_only_in_
     assert torch.equal(loaded.pair_keys, model.pair_keys) and torch.equal(loaded.pair_counts, model.pair_counts)
 
 
-@pytest.mark.parametrize("item_pairs", [True, False])
-def test_a_large_catalogue_is_ranked_from_a_rough_product_as_the_float32_model_ranks(monkeypatch, item_pairs):
-    """The int8 (one or two sessions) or bfloat16 (more) product only chooses candidates; their float32 scores rank
+def test_largest_selects_the_columns_of_each_rows_largest_scores_from_a_sample_threshold_or_in_full():
+    """Long rows go through a threshold from every 16th score; rows whose sample misleads (the largest scores all on
+    sampled columns), rows of ties and short rows are selected in full: the same scores as a full selection."""
+    rng = np.random.default_rng(3)
+    misleading = np.zeros(40_000, dtype=np.float32)
+    misleading[::16] = rng.random(2_500) + 1.0  # the threshold passes only a fifth of the 200 asked
+    rows = np.stack([rng.random(40_000, dtype=np.float32), misleading, np.ones(40_000, dtype=np.float32)])
+    for scores, count in ((rows, 200), (rows, 20), (rows[:, :1_000], 20), (rows[:, :500], 20)):
+        chosen = largest(scores, count)
+        assert chosen.shape == (len(scores), count)
+        assert all(len(set(row)) == count for row in chosen.tolist())
+        expected = np.sort(scores, axis=1)[:, -count:]
+        np.testing.assert_array_equal(np.sort(np.take_along_axis(scores, chosen, axis=1), axis=1), expected)
+
+
+@pytest.mark.parametrize(("item_pairs", "onednn"), [(True, True), (False, True), (True, False)])
+def test_a_large_catalogue_is_ranked_from_a_rough_product_as_the_float32_model_ranks(monkeypatch, item_pairs, onednn):
+    """The int8 product (bfloat16 where torch has no oneDNN) only chooses candidates; their float32 scores rank
     them: the same top 20 as the exact ranking, scores within a few parts in a thousand (only the unlikely tail's
     share of the softmax is rough). A blend of such LSTMs ranks from their rough probabilities, as exactly."""
     n_items = 3_000
@@ -422,10 +437,12 @@ def test_a_large_catalogue_is_ranked_from_a_rough_product_as_the_float32_model_r
     model = LSTMRecommender(config, pair_counts=item_pair_counts(sessions, n_items) if item_pairs else None).eval()
     with torch.no_grad():
         model.item_embedding.weight.mul_(10)  # a peaked softmax, as a trained model's
-    assert ranker_of(model).output_rows_bfloat16 is None  # below the size where it pays
+    assert ranker_of(model).rough_product is None  # below the size where it pays
     monkeypatch.setattr("postmodern.model.lstm.ROUGH_PRODUCT_MIN_ITEMS", 1_000)
+    if not onednn:
+        monkeypatch.setattr(torch.ops, "onednn", object())  # a torch built without it
     ranker = LSTMRanker(model, counts)
-    assert ranker.output_rows_bfloat16 is not None
+    assert (ranker.rough_product.bfloat16_rows is None) == onednn
     prefixes = [session[: rng.integers(1, len(session))] for session in sessions[:300]]
     for exclude_seen, sessions_per_pass in itertools.product((False, True), (1, 2, 300)):
         ranked = [

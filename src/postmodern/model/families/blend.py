@@ -17,7 +17,7 @@ import numpy as np
 
 from postmodern.model.dataset import PADDING_ID, UNKNOWN_ID, SessionSplits
 from postmodern.model.families.base import Family, FitContext, Fitted
-from postmodern.model.ranker import Ranker, RankerState, mark_unrankable, top_k
+from postmodern.model.ranker import Ranker, RankerState, largest, mark_unrankable, top_k
 from postmodern.model.sparse import SparseRanker
 
 WEIGHT_STEP = 0.1
@@ -66,7 +66,7 @@ class BlendRanker(Ranker):
             return top_k(mixed, prefixes, k, exclude_seen)
         mark_unrankable(mixed, prefixes, exclude_seen)
         rows = np.arange(len(prefixes))[:, None]
-        candidates = mixed.argpartition(-RESCORED_CANDIDATES, axis=1)[:, -RESCORED_CANDIDATES:]
+        candidates = largest(mixed, RESCORED_CANDIDATES)
         scores = mixed[rows, candidates]
         excluded = scores < 0
         for weight, rough in rough_parts:  # each rough part's weighted share of a candidate, made exact
