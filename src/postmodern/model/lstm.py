@@ -316,7 +316,7 @@ class LSTMRanker(Ranker):
         input_weights = array(lstm.weight_ih_l0.T) * halve  # [embedding, 4 * hidden]
         gate_bias = array(lstm.bias_ih_l0 + lstm.bias_hh_l0) * halve
         self.item_gates = self.item_embedding @ input_weights + gate_bias  # [n_items, 4 * hidden]
-        self.hidden_weights = array(lstm.weight_hh_l0.T) * halve  # [hidden, 4 * hidden]
+        self.hidden_weights = torch.from_numpy(array(lstm.weight_hh_l0.T) * halve)  # [hidden, 4 * hidden]
         self.to_item_space = array(model.to_item_space.weight.T)  # [hidden, embedding]
         self.to_item_space_bias = array(model.to_item_space.bias)
         self.attention = None
@@ -337,9 +337,11 @@ class LSTMRanker(Ranker):
         self.output_columns = np.ascontiguousarray(array(model.output_weight).T)  # [embedding, n_items]
         self.output_bias = array(model.output_bias)
         self.output_bias[PADDING_ID] = -np.inf
-        self.rough_product = None
+        self.rough_product = self.output_rows = None
         if self.n_items >= ROUGH_PRODUCT_MIN_ITEMS:
-            self.rough_product = RoughProduct(torch.from_numpy(self.output_columns.T))
+            # the vectors as rows too, to score candidates: gathering 200 rows costs a fifteenth of 200 columns
+            self.output_rows = array(model.output_weight)  # [n_items, embedding]
+            self.rough_product = RoughProduct(torch.from_numpy(self.output_rows))
         threadpool_limits(limits=1, user_api="blas")
 
     def state(self) -> RankerState:
@@ -369,7 +371,7 @@ class LSTMRanker(Ranker):
             if going < len(hidden):  # rows whose items ended at the previous step
                 last[going : len(hidden)] = hidden[going:]
                 hidden, cell = hidden[:going], cell[:going]
-            activated = np.tanh(input_gates[:going, step] + hidden @ self.hidden_weights)
+            activated = np.tanh(input_gates[:going, step] + times(hidden, self.hidden_weights))
             gates = activated * 0.5 + 0.5
             cell = gates[:, h : 2 * h] * cell + gates[:, :h] * activated[:, 2 * h : 3 * h]
             hidden = gates[:, 3 * h :] * np.tanh(cell)
@@ -449,8 +451,8 @@ class LSTMRanker(Ranker):
         return np.where(has_pairs, 1.0 / (1.0 + np.exp(-gate_logits)), 0.0).astype(np.float32)
 
     def item_logits(self, queries: np.ndarray, columns: np.ndarray) -> np.ndarray:
-        """[batch, c] the exact logits of each row's `columns` (item ids, c per row)."""
-        return self.output_bias[columns] + np.einsum("bd,dbc->bc", queries, self.output_columns[:, columns])
+        """[batch, c] the exact logits of each row's `columns` (item ids, c per row; a large catalogue's)."""
+        return self.output_bias[columns] + np.matmul(self.output_rows[columns], queries[:, :, None])[:, :, 0]
 
     def mixed(
         self, latest: np.ndarray, columns: np.ndarray, logits: np.ndarray, largest, denominators, gates
@@ -585,6 +587,12 @@ class RoughRanking:
             np.exp(exact_logits - largest[:, None]) - np.exp(rough_logits - largest[:, None])
         ).sum(axis=1)
         return ranker.mixed(self.latest, candidates, exact_logits, largest, self.denominators, self.gates)
+
+
+def times(rows: np.ndarray, matrix: torch.Tensor) -> np.ndarray:
+    """rows @ matrix by torch's BLAS: for the few rows of a serving pass a quarter to a half of OpenBLAS's time
+    (15 against 58 us for 4 x 256 by 256 x 1024), which runs each step of the recurrence."""
+    return torch.mm(torch.from_numpy(rows), matrix).numpy()
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
