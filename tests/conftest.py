@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,15 @@ import pytest
 from postmodern.config import Settings, load_settings
 from postmodern.data.generator import PROFILES, GeneratorConfig, generate_dataset
 from postmodern.warehouse import connect
+
+
+@pytest.fixture(autouse=True)
+def unfreeze_the_collector():
+    """A server freezes what is alive once a model loads (serving/served_model.py); in the suite's one process,
+    the test's garbage goes back to the collector after it."""
+    yield
+    gc.unfreeze()
+
 
 SNOWFLAKE_CREDENTIALS = {
     "warehouse": "snowflake",

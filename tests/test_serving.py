@@ -1,8 +1,10 @@
 """The endpoint's behaviour, in process: the contract, every bad input, auth, metrics, reloads."""
 
+import gc
 import json
 import logging
 import time
+import weakref
 
 import pytest
 from fastapi import Depends, FastAPI, Request, Response
@@ -12,6 +14,7 @@ from serving_support import publish_small_bundle, small_bundle
 
 from postmodern.serving.app import DirectRoute, ServingConfig, create_app
 from postmodern.serving.registry import ModelSource
+from postmodern.serving.served_model import ServedModel
 
 SKUS = [f"sku{i}" for i in range(1, 21)]
 LIMITS = ServingConfig(
@@ -277,6 +280,18 @@ def test_reload_serves_the_registry_newest_bundle_and_keeps_the_old_one_when_the
         assert client.get("/ping").json()["model_version"] == "v2"
         assert post(client, {"sessions": [["other1"]]}).json()["model_version"] == "v2"
         assert 'postmodern_model_reloads_total{outcome="failed"} 1.0' in client.get("/metrics").text
+
+
+def test_a_loaded_model_is_out_of_the_collectors_passes_and_is_still_freed_when_swapped_out(tmp_path):
+    registry = tmp_path / "registry"
+    publish_small_bundle(registry, "v1", SKUS)
+    served = ServedModel(ModelSource(registry, follows_registry=True))
+    gc.unfreeze()
+    assert served.reload() and gc.get_freeze_count() > 0
+    swapped_out = weakref.ref(served.recommender)
+    publish_small_bundle(registry, "v2", SKUS)
+    assert served.reload() and served.version == "v2"
+    assert swapped_out() is None  # by reference counts alone: the collector never sees frozen objects
 
 
 def test_without_a_loadable_model_the_server_is_live_but_not_ready_until_one_is_deployed(tmp_path):
