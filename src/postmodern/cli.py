@@ -53,7 +53,6 @@ def _load(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     import logging
 
-    import torch
     import uvicorn
 
     from postmodern.config import load_settings
@@ -72,9 +71,6 @@ def _serve(args: argparse.Namespace) -> None:
         f"  new bundles are picked up {watching}on SIGHUP and on POST /reload; docs at /docs",
         flush=True,
     )
-    # Ranking runs on one thread beside the event loop (serving/batching.py): a product split over both cores
-    # waits on the core the loop holds. One intra-op thread: p50 8.5 -> 5 ms, p99 28 -> 15 ms at 1,000/s, 57,102 items.
-    torch.set_num_threads(1)
     # uvicorn picks uvloop and httptools (both pinned) when they are installed. No access log, and no
     # X-Forwarded-For rewriting: the app never reads the client's address, and both cost time per request.
     uvicorn.run(

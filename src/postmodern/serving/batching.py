@@ -18,6 +18,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+import torch
 from fastapi.concurrency import run_in_threadpool
 
 from postmodern.model.bundle import Recommendation, SessionRecommender
@@ -50,6 +51,13 @@ class _Pass:
                 continue
             mine = results[start - len(sessions) : start]
             future.set_result([replace(r, items=r.items[:k]) if len(r.items) > k else r for r in mine])
+
+
+def _rank_on_this_thread_alone() -> None:
+    """The ranking thread's products run on it alone: split over both cores, they wait on the core the event loop
+    holds (p50 8.5 -> 5 ms, p99 28 -> 15 ms at 1,000/s, 57,102 items), and OpenMP's helper spins between them (twice
+    the CPU per request at 4,540 items). Per thread: OpenMP keeps a thread count for each."""
+    torch.set_num_threads(1)
 
 
 def _rank_passes(passes: list[_Pass]) -> list[list[Recommendation] | BaseException]:
@@ -92,7 +100,7 @@ class BatchedRanking:
             self._ranking = False
             return
         if self._thread is None:
-            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranking")
+            self._thread = ThreadPoolExecutor(1, "ranking", initializer=_rank_on_this_thread_alone)
         ranked = loop.run_in_executor(self._thread, _rank_passes, passes)
         ranked.add_done_callback(lambda done: self._deliver(loop, passes, done))
 
