@@ -3,16 +3,21 @@ Snowflake: each addition is the emulator's, never a change to the project's SQL.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import fakesnow
+import fakesnow.transforms.stage
 import pyarrow as pa
 import pytest
 from sqlglot import exp
 
 # `fakesnow.server()` imports its module `fakesnow.server`, which then hides the function: kept from before that
 _start_server = fakesnow.server
+# fakesnow makes its stages' folder when imported, and leaves it behind
+atexit.register(shutil.rmtree, fakesnow.transforms.stage.LOCAL_BUCKET_PATH, ignore_errors=True)
 
 # Snowflake's functions of arrays that fakesnow hands to DuckDB's list functions as they are
 LIST_FUNCTIONS = (exp.Transform, exp.ArrayDistinct, exp.SortArray)

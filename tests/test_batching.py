@@ -4,6 +4,7 @@ alone."""
 import asyncio
 import threading
 
+import torch
 from serving_support import small_bundle
 
 from postmodern.model.bundle import RankingCache, SessionRecommender
@@ -18,11 +19,13 @@ class CountingRecommender(SessionRecommender):
     def __init__(self, version: str, fail: bool = False, hold: threading.Event | None = None):
         super().__init__(small_bundle(version, SKUS, seed=len(version)))
         self.passes: list[tuple[list[list[str]], int, bool, str]] = []
+        self.torch_threads: list[int] = []
         self.fail = fail
         self.hold = hold  # the first pass waits for it
 
     def recommend(self, sessions, k, exclude_seen=False):
         self.passes.append((sessions, k, exclude_seen, threading.current_thread().name))
+        self.torch_threads.append(torch.get_num_threads())
         if self.hold is not None and len(self.passes) == 1:
             assert self.hold.wait(10)
         if self.fail:
@@ -35,7 +38,7 @@ def alone(recommender: CountingRecommender, sessions, k, exclude_seen):
 
 
 def test_requests_read_together_are_ranked_in_one_pass_each_as_if_alone():
-    recommender = CountingRecommender("v1")
+    recommender, threads = CountingRecommender("v1"), torch.get_num_threads()
     requests = [
         ([["sku1", "sku2"]], 3, False),
         ([["sku5"], ["nope"]], 10, False),
@@ -57,6 +60,7 @@ def test_requests_read_together_are_ranked_in_one_pass_each_as_if_alone():
     ]
     (thread,) = {thread for *_, thread in recommender.passes}
     assert thread.startswith("ranking")
+    assert set(recommender.torch_threads) == {1} and torch.get_num_threads() == threads  # its own, not the caller's
     assert [len(answer[0].items) for answer in answers] == [3, 10, 5, 20, 1]
 
 

@@ -21,7 +21,7 @@ from postmodern.model.lstm import (
     pad_batch,
     real_positions,
 )
-from postmodern.model.ranker import largest, top_k
+from postmodern.model.ranker import best_first, largest, top_k
 from postmodern.model.train import (
     NegativeSampler,
     TrainConfig,
@@ -406,6 +406,14 @@ def test_the_transition_frequencies_are_mixed_in_after_their_first_item_only_in_
     weights = {name: torch.from_numpy(array) for name, array in arrays.items() if name != "train_counts"}
     loaded = LSTMRecommender.from_state_dict(model.config, weights)
     assert torch.equal(loaded.pair_keys, model.pair_keys) and torch.equal(loaded.pair_counts, model.pair_counts)
+
+
+def test_equal_scores_rank_the_more_popular_item_first_however_the_candidates_were_gathered():
+    scores = np.array([[0.2, 0.5, 0.2, 0.1, 0.2], [0.3, 0.3, 0.3, 0.05, 0.05]], dtype=np.float32)
+    items = np.array([[9, 4, 3, 1, 5], [7, 2, 8, 1, 3]])  # ids in order of training popularity
+    assert np.take_along_axis(items, best_first(scores, items), axis=1).tolist() == [[4, 3, 5, 9, 1], [2, 7, 8, 1, 3]]
+    probabilities = np.array([[0.0, 0.1, 0.3, 0.3, 0.3]], dtype=np.float32)
+    assert top_k(probabilities, [np.array([1])], 3, False)[0].tolist() == [[2, 3, 4]]
 
 
 def test_largest_selects_the_columns_of_each_rows_largest_scores_from_a_sample_threshold_or_in_full():

@@ -24,7 +24,14 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from postmodern.model.dataset import PADDING_ID
-from postmodern.model.ranker import Ranker, RankerState, RoughProbabilities, largest, mark_unrankable
+from postmodern.model.ranker import (
+    Ranker,
+    RankerState,
+    RoughProbabilities,
+    best_first,
+    largest,
+    mark_unrankable,
+)
 
 # From this many items, the product of a session's state with every output vector is most of the cost of ranking
 # it, and it is bound by how fast the vectors are read from memory (a GB/s budget this machine's neighbours share):
@@ -503,7 +510,7 @@ class LSTMRanker(Ranker):
             return super().rank_known(prefixes, k, exclude_seen)
         ranking = self.rough_ranking(prefixes, exclude_seen)
         rows = np.arange(len(prefixes))[:, None]
-        order = (-ranking.scores).argsort(axis=1, kind="stable")[:, :k]
+        order = best_first(ranking.scores, ranking.candidates)[:, :k]
         top_items, top_scores = ranking.candidates[rows, order], ranking.scores[rows, order]
         if exclude_seen:  # each row's probabilities sum to 1: what is left is 1 less the seen items'
             top_items[top_scores < 0] = PADDING_ID

@@ -134,14 +134,19 @@ def top_k(
     mark_unrankable(probabilities, prefixes, exclude_seen)
     rows = np.arange(len(probabilities))[:, None]
     top_items = largest(probabilities, k)
-    order = (-probabilities[rows, top_items]).argsort(axis=1, kind="stable")
-    top_items = top_items[rows, order]
+    top_items = top_items[rows, best_first(probabilities[rows, top_items], top_items)]
     top_probabilities = probabilities[rows, top_items]
     if exclude_seen:
         top_items[top_probabilities < 0] = PADDING_ID
         left = np.maximum(probabilities, 0.0).sum(axis=1, keepdims=True)
         top_probabilities = np.where(top_probabilities < 0, 0.0, top_probabilities / np.maximum(left, 1e-30))
     return top_items, top_probabilities.astype(np.float32)
+
+
+def best_first(scores: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """[rows, c] each row's positions by score, highest first; equal scores by item id, the more popular first (ids
+    follow training popularity), so that a ranking never depends on how its candidates were gathered."""
+    return np.lexsort((items, -scores), axis=-1)
 
 
 def largest(scores: np.ndarray, count: int) -> np.ndarray:

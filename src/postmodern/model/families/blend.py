@@ -17,7 +17,7 @@ import numpy as np
 
 from postmodern.model.dataset import PADDING_ID, UNKNOWN_ID, SessionSplits
 from postmodern.model.families.base import Family, FitContext, Fitted
-from postmodern.model.ranker import Ranker, RankerState, largest, mark_unrankable, top_k
+from postmodern.model.ranker import Ranker, RankerState, best_first, largest, mark_unrankable, top_k
 from postmodern.model.sparse import SparseRanker
 
 WEIGHT_STEP = 0.1
@@ -72,7 +72,7 @@ class BlendRanker(Ranker):
         for weight, rough in rough_parts:  # each rough part's weighted share of a candidate, made exact
             scores += weight * rough.exact(candidates) - rough.probabilities[rows, candidates]
         scores[excluded] = -1.0
-        order = (-scores).argsort(axis=1, kind="stable")[:, :k]
+        order = best_first(scores, candidates)[:, :k]
         top_items, top_scores = candidates[rows, order], scores[rows, order]
         if exclude_seen:  # each row's scores over what is left (its rough tail as it is)
             top_items[top_scores < 0] = PADDING_ID
