@@ -12,6 +12,10 @@ Then the crash run: 4 clients post batches for 8 s, the collector is killed (SIG
 again; each client sends every batch it had no answer for again, until answered. The raw log must hold every
 event exactly once.
 
+Then the run together: while wrk streams events into the collector, a bulk `postmodern load` of a generated shop
+(`--bulk-sessions`) and a `dbt build` run at the same time. None may fail or meet a lock; the raw log must hold the
+events acknowledged plus the bulk load's, exactly, and a second `dbt build` must stage every one of them.
+
 The last line printed is one JSON object with the figures and the target (>= 50,000 events/s, p99 < 50 ms, no
 error, counts exact). wrk and the collector share this machine's two cores.
 """
@@ -37,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_serving import CONNECTIONS, free_port, measured_run, start_cli  # noqa: E402
 
 from postmodern.config import load_settings  # noqa: E402
-from postmodern.warehouse import connect  # noqa: E402
+from postmodern.warehouse import connect, connect_log  # noqa: E402
 
 TARGETS = {"events_per_s": 50_000, "p99_ms": 50.0, "errors": 0}
 T0 = 1_600_000_000_000
@@ -102,7 +106,7 @@ def counter(port: int, name: str) -> float:
 def raw_log_counts(workdir: Path) -> tuple[int, int]:
     """Events in the raw log, and distinct (session, time) among them."""
     settings = load_settings(_env_file=None, duckdb_path=workdir / "warehouse.duckdb", data_dir=workdir)
-    warehouse = connect(settings)
+    warehouse = connect_log(settings)
     try:
         table = warehouse.qualified(settings.log_tables.raw)
         row = warehouse.query(
@@ -112,6 +116,81 @@ def raw_log_counts(workdir: Path) -> tuple[int, int]:
     finally:
         warehouse.close()
     return row["events"], row["distinct_events"]
+
+
+DBT_BUILD = (
+    "from postmodern.config import load_settings; from postmodern.transform.dbt_runner import run_dbt_build; "
+    "build = run_dbt_build(load_settings()); assert not build.failed_tests, build.failed_tests"
+)
+LOCK_WORDS = ("Conflicting lock", "in use by")  # DuckDB's words, and the warehouse's while it waits
+
+
+def together_run(workdir: Path, port: int, rate: int, batch: int, seconds: float, bulk_sessions: int) -> dict:
+    """The collector streaming while a bulk load and `dbt build` run: no failure, no lock, counts exact."""
+    cli = [sys.executable, "-m", "postmodern.cli"]
+    env = {**environment(workdir), "MAX_SESSIONS": ""}
+    bulk = workdir / "bulk"
+    subprocess.run(
+        [*cli, "generate", "--profile", "small", "--sessions", str(bulk_sessions), "--output", str(bulk), "--quiet"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    before = raw_log_counts(workdir)[0]
+    collector = start_collector(workdir, port)
+    accepted_before = counter(port, 'postmodern_collector_events_total{outcome="accepted"}')
+    bodies = write_bodies(workdir, "together", int(rate * (seconds + 2)), batch)
+    others: dict[str, subprocess.Popen] = {}
+
+    def start_the_others() -> None:
+        time.sleep(min(2.0, seconds / 4))
+        pipe = subprocess.PIPE
+        others["load"] = subprocess.Popen(
+            [*cli, "load", "--path", str(bulk), "--quiet"], env=env, stdout=pipe, stderr=pipe, text=True
+        )
+        build = [sys.executable, "-c", DBT_BUILD]
+        others["dbt"] = subprocess.Popen(build, env=env, stdout=pipe, stderr=pipe, text=True)
+
+    starter = threading.Thread(target=start_the_others)
+    starter.start()
+    figures = measured_run(collector.pid, port, bodies, rate, seconds, "/events")
+    starter.join()
+    outcomes = {name: process.communicate(timeout=600) + (process.returncode,) for name, process in others.items()}
+    drain(port)
+    accepted = counter(port, 'postmodern_collector_events_total{outcome="accepted"}') - accepted_before
+    failed_loads = counter(port, 'postmodern_collector_loads_total{outcome="failed"}')
+    collector.terminate()
+    collector.wait(timeout=30)
+    bulk_events = int(outcomes["load"][0].split("loaded ")[1].split(" events")[0].replace(",", ""))
+    events, distinct = raw_log_counts(workdir)
+    rebuild = subprocess.run([sys.executable, "-c", DBT_BUILD], env=env, capture_output=True, text=True)
+    staged = duckdb_count(workdir, "stg_browsing_events")
+    texts = [out + err for out, err, _ in outcomes.values()] + [(workdir / "collector.log").read_text(errors="replace")]
+    return {
+        "events_per_s": round(figures["achieved_rps"] * batch),
+        "p99_ms": figures["p99_ms"],
+        "errors": figures["errors"],
+        "failed_collector_loads": int(failed_loads),
+        "bulk_load_exit": outcomes["load"][2],
+        "dbt_build_exit": outcomes["dbt"][2],
+        "lock_errors": sum(text.count(word) for text in texts for word in LOCK_WORDS),
+        "bulk_events": bulk_events,
+        "acknowledged": int(accepted),
+        "raw_log_added": events - before,
+        "counts_exact": events - before == bulk_events + accepted and distinct == events,
+        "second_dbt_build_exit": rebuild.returncode,
+        "staged_events": staged,
+        "staged_all": staged == events,
+    }
+
+
+def duckdb_count(workdir: Path, model: str) -> int:
+    settings = load_settings(_env_file=None, duckdb_path=workdir / "warehouse.duckdb", data_dir=workdir)
+    warehouse = connect(settings, read_only=True)
+    try:
+        return warehouse.query(f"select count(*) as n from {warehouse.qualified(model)}").column("n")[0].as_py()
+    finally:
+        warehouse.close()
 
 
 def crash_run(workdir: Path, port: int, batch: int) -> dict:
@@ -169,6 +248,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30, help="length of a run (default 30)")
     parser.add_argument("--repeats", type=int, default=3, help="runs (default 3)")
     parser.add_argument("--workdir", type=Path, help="keep the stage, warehouse and logs here (default: temporary)")
+    parser.add_argument(
+        "--bulk-sessions", type=int, default=300_000, help="sessions of the bulk load in the run together (300,000)"
+    )
     args = parser.parse_args()
     if os.environ.get("BENCH_SCALE"):  # `make bench BENCH_SCALE=0.05`: shorter runs
         args.seconds = max(3.0, args.seconds * float(os.environ["BENCH_SCALE"]))
@@ -195,6 +277,8 @@ def main() -> None:
     events, distinct = raw_log_counts(workdir)
     crash = crash_run(workdir, port, args.batch)
     print(f"crash run: {crash}", flush=True)
+    together = together_run(workdir, port, args.rate, args.batch, args.seconds, args.bulk_sessions)
+    print(f"together: {together}", flush=True)
     median = {
         key: statistics.median(run[key] for run in runs) for key in ("events_per_s", "p50_ms", "p90_ms", "p99_ms")
     }
@@ -213,6 +297,7 @@ def main() -> None:
         "raw_log_distinct": distinct,
         "drain_s": round(drain_seconds, 1),
         "crash": crash,
+        "together": together,
         "targets": TARGETS,
     }
     result["met_target"] = (
@@ -221,6 +306,10 @@ def main() -> None:
         and result["errors"] == TARGETS["errors"]
         and accepted == events == distinct
         and crash["exactly_once"]
+        and together["counts_exact"]
+        and together["staged_all"]
+        and together["lock_errors"] == together["failed_collector_loads"] == 0
+        and together["bulk_load_exit"] == together["dbt_build_exit"] == together["second_dbt_build_exit"] == 0
     )
     print(json.dumps(result))
 

@@ -42,15 +42,19 @@ def timed_builds(build: list[str], env: dict[str, str], workdir: Path, repeats: 
     if warehouse.with_name(warehouse.name + ".wal").exists():
         raise SystemExit(f"{warehouse} has a write-ahead log: a copy of the file alone would miss its last writes")
     before = warehouse.with_name("before_build.duckdb")
-    shutil.copyfile(warehouse, before)
+    existed = warehouse.exists()  # a load alone makes no file: the raw log is beside it
+    if existed:
+        shutil.copyfile(warehouse, before)
     runs = []
     for repeat in range(repeats):
-        if repeat:
+        if repeat and existed:
             shutil.copyfile(before, warehouse)
+        elif repeat:
+            warehouse.unlink()
         if cold_parse:
             shutil.rmtree(workdir / "dbt_target", ignore_errors=True)
         runs.append({"seconds": round(run(build, env), 1), "dbt_elapsed_seconds": round(dbt_elapsed(workdir), 1)})
-    before.unlink()
+    before.unlink(missing_ok=True)
     return runs
 
 
@@ -83,6 +87,7 @@ def main() -> None:
     shutil.rmtree(workdir / "dbt_target", ignore_errors=True)
     for stale in ("warehouse.duckdb", "warehouse.duckdb.wal"):
         (workdir / stale).unlink(missing_ok=True)
+    shutil.rmtree(workdir / "warehouse_log", ignore_errors=True)
     env = {**os.environ, "DUCKDB_PATH": str(workdir / "warehouse.duckdb"), "DATA_DIR": str(workdir), "MAX_SESSIONS": ""}
     cli = [sys.executable, "-m", "postmodern.cli"]
     build = [

@@ -11,7 +11,7 @@ import pytest
 
 from postmodern.config import Settings, load_settings
 from postmodern.data.generator import PROFILES, GeneratorConfig, generate_dataset
-from postmodern.warehouse import connect
+from postmodern.warehouse import connect_log
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +45,7 @@ def make_settings(tmp: Path, **overrides) -> Settings:
 
 def log_rows(settings: Settings, role: str = "raw") -> list[dict]:
     """Every row of one of the append-only tables (`LogTables` role)."""
-    warehouse = connect(settings)
+    warehouse = connect_log(settings)
     try:
         name = getattr(settings.log_tables, role)
         # the raw log's documents come back as JSON text, as an export of the log would write them
@@ -74,9 +74,9 @@ def built_warehouse(tmp_path_factory, tiny_data):
     from postmodern.transform.dbt_runner import run_dbt_build
 
     settings = make_settings(tmp_path_factory.mktemp("warehouse"))
-    warehouse = connect(settings)
-    load_source(warehouse, settings, tiny_data, progress=False)
-    warehouse.close()
+    raw_log = connect_log(settings)
+    load_source(raw_log, settings, tiny_data, progress=False)
+    raw_log.close()
     build = run_dbt_build(settings)
     return settings, build
 

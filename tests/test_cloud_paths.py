@@ -369,7 +369,7 @@ def test_the_flow_runs_on_snowflake_on_fakesnow_from_dbt_to_a_deployed_model(sno
     output = flow.stdout + flow.stderr
     assert flow.returncode == 0, output[-4000:]
     assert "'warehouse': 'snowflake'" in output and "raw events in the log" in output
-    assert "PASS=36 WARN=0 ERROR=0" in output and "data quality: every test passed" in output
+    assert "PASS=37 WARN=0 ERROR=0" in output and "data quality: every test passed" in output
     # every session with a product event, as the DuckDB path reads them
     ((expected,),) = duckdb.sql(
         f"select count(distinct session_id_hash) from read_csv('{tiny_data / 'browsing_train.csv'}') "

@@ -1,6 +1,7 @@
 """Processes sharing one workspace, as a user's would: loads at once, a load during the flow's `dbt build`, deploys
-while a server reads the registry. Each waits for what another holds (saying so) or fails naming it; nothing is
-lost, duplicated or half-written. Every process is real, on loopback files, and bounded in time."""
+while a server reads the registry. Loads wait for nobody (the raw log is files beside the DuckDB file); a reader of
+the file waits for its writer (saying so) or fails naming it; nothing is lost, duplicated or half-written. Every
+process is real, on loopback files, and bounded in time."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import make_settings
 from serving_support import small_bundle
 
 from postmodern.data.generator import generate_dataset
 from postmodern.model.bundle import ModelBundle
 from postmodern.serving.registry import LATEST, latest_bundle_dir
+from postmodern.warehouse import check_raw_log, connect_log
 
 SCHEMA = "POST_MODERN_DATA_STACK"
 HOLD_LOCK = textwrap.dedent("""
@@ -92,11 +95,15 @@ def finish(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str, s
     return process.returncode, out, err
 
 
-def raw_log_counts(path: Path) -> tuple[int, int]:
+def raw_log_counts(workspace: Path) -> tuple[int, int]:
     """(events in the raw log, loads in the ledger)."""
-    with duckdb.connect(str(path), read_only=True) as connection:
-        events = connection.sql(f"select count(*) from {SCHEMA}.COVEO_DATASET_RAW").fetchall()[0][0]
-        loads = connection.sql(f"select count(*) from {SCHEMA}.COVEO_DATASET_RAW_LOADS").fetchall()[0][0]
+    settings = make_settings(workspace)
+    events = check_raw_log(settings)
+    raw_log = connect_log(settings)
+    try:
+        loads = raw_log.query(f"select count(*) as n from {SCHEMA}.COVEO_DATASET_RAW_LOADS").column("n")[0].as_py()
+    finally:
+        raw_log.close()
     return events, loads
 
 
@@ -113,46 +120,49 @@ def two_batches(tmp_path_factory, tiny_config):
     return folders, events
 
 
-def test_two_loads_at_once_wait_their_turn_and_both_land_whole(tmp_path, two_batches):
+def test_two_loads_at_once_land_whole_while_another_process_holds_the_duckdb_file(tmp_path, two_batches):
     folders, events = two_batches
-    warehouse = tmp_path / "warehouse.duckdb"
-    duckdb.connect(str(warehouse)).close()
-    holder = hold_warehouse(warehouse, tmp_path)
-    env = workspace_env(tmp_path, WAREHOUSE_LOCK_TIMEOUT="60")
-    loads = [start(load_command(folder), env, tmp_path) for folder in folders]
-    for load in loads:  # both are waiting for the holder, and say so
-        line = first_line_with(load, "in use by")
-        assert f"in use by PID {holder.pid} (python" in line and "waiting up to 60 s" in line
-    release(holder)
-    for load in loads:
-        code, _, err = finish(load)
-        assert code == 0, err
-    assert raw_log_counts(warehouse) == (sum(events), 2)
-
-
-def test_a_load_that_cannot_get_the_warehouse_fails_naming_the_holder_and_writes_nothing(tmp_path, two_batches):
-    folders, _ = two_batches
     warehouse = tmp_path / "warehouse.duckdb"
     duckdb.connect(str(warehouse)).close()
     holder = hold_warehouse(warehouse, tmp_path)
     try:
+        loads = [start(load_command(folder), workspace_env(tmp_path), tmp_path) for folder in folders]
+        for load in loads:
+            code, _, err = finish(load)
+            assert code == 0 and "in use by" not in err, err
+        assert raw_log_counts(tmp_path) == (sum(events), 2)
+    finally:
+        release(holder)
+    ledger = connect_log(make_settings(tmp_path))
+    stamps = ledger.query(f"select etl_timestamp from {SCHEMA}.COVEO_DATASET_RAW_LOADS").column(0).to_pylist()
+    ledger.close()
+    assert len(set(stamps)) == 2  # commits are ordered, and so are their times
+
+
+def test_a_dbt_build_that_cannot_get_the_file_fails_naming_the_holder(tmp_path, two_batches):
+    folders, _ = two_batches
+    env = workspace_env(tmp_path, WAREHOUSE_LOCK_TIMEOUT="1")
+    assert finish(start(load_command(folders[0]), env, tmp_path))[0] == 0
+    warehouse = tmp_path / "warehouse.duckdb"
+    duckdb.connect(str(warehouse)).close()
+    holder = hold_warehouse(warehouse, tmp_path)
+    build_script = (
+        "from postmodern.config import load_settings; from postmodern.transform.dbt_runner import run_dbt_build; "
+        "run_dbt_build(load_settings())"
+    )
+    try:
         started = time.monotonic()
-        code, _, err = finish(
-            start(load_command(folders[0]), workspace_env(tmp_path, WAREHOUSE_LOCK_TIMEOUT="1"), tmp_path)
-        )
+        code, _, err = finish(start([sys.executable, "-c", build_script], env, tmp_path))
         waited = time.monotonic() - started
     finally:
         release(holder)
-    assert code == 2 and waited < 30  # the CLI's exit status for a clear error
+    assert code != 0 and waited < 60
     assert f"in use by PID {holder.pid} (python" in err and "after 1 s (WAREHOUSE_LOCK_TIMEOUT)" in err
-    assert "Nothing was written" in err and "Traceback" not in err
-    with duckdb.connect(str(warehouse), read_only=True) as connection:
-        assert connection.sql("select count(*) from information_schema.tables").fetchall()[0][0] == 0
 
 
-def test_a_load_during_the_flows_dbt_build_waits_for_it_and_both_succeed(tmp_path, two_batches):
+def test_a_load_during_the_flows_dbt_build_lands_at_once_and_the_next_build_reads_it(tmp_path, two_batches):
     folders, events = two_batches
-    env = workspace_env(tmp_path, WAREHOUSE_LOCK_TIMEOUT="120")
+    env = workspace_env(tmp_path)
     code, _, err = finish(start(load_command(folders[0]), env, tmp_path))
     assert code == 0, err
     build_script = (
@@ -167,13 +177,17 @@ def test_a_load_during_the_flows_dbt_build_waits_for_it_and_both_succeed(tmp_pat
     while not (dbt_log.exists() and "START sql" in dbt_log.read_text(errors="replace")):  # dbt holds the file
         assert build.poll() is None and time.monotonic() < deadline, finish(build)
         time.sleep(0.1)
-    tell(load)  # it asks for the file now, while dbt holds it
-    build_code, _, build_err = finish(build)
+    tell(load)  # it appends now, while dbt holds the file
     load_code, _, load_err = finish(load)
+    assert load_code == 0 and "in use by" not in load_err, load_err
+    build_code, _, build_err = finish(build)
     assert build_code == 0, build_err
-    assert load_code == 0, load_err
-    assert f"in use by PID {build.pid} (python" in load_err
-    assert raw_log_counts(tmp_path / "warehouse.duckdb") == (sum(events), 2)
+    assert raw_log_counts(tmp_path) == (sum(events), 2)
+    code, _, err = finish(start([sys.executable, "-c", build_script], env, tmp_path))
+    assert code == 0, err
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as connection:
+        staged = connection.sql(f"select count(*) from {SCHEMA}.stg_browsing_events").fetchall()[0][0]
+    assert staged == sum(events)  # every event of both loads, once (the batches share none)
 
 
 PUBLISH_MANY = textwrap.dedent("""

@@ -7,7 +7,8 @@ from conftest import make_settings
 from postmodern.data.load import load_source
 from postmodern.transform.dbt_runner import run_dbt_build
 from postmodern.transform.quality import quality_report
-from postmodern.warehouse import connect
+from postmodern.warehouse import connect, connect_log
+from postmodern.warehouse.segment_log import RAW_STORED, SegmentLog, document_from_json_sql
 
 HEADER = "session_id_hash,event_type,product_action,product_sku_hash,server_timestamp_epoch_ms,hashed_url\n"
 
@@ -51,7 +52,7 @@ def test_the_same_events_loaded_twice_count_once(tmp_path, tiny_data, built_ware
     reference_settings, _ = built_warehouse
     settings = make_settings(tmp_path)
     for _ in range(2):
-        warehouse = connect(settings)
+        warehouse = connect_log(settings)
         load_source(warehouse, settings, tiny_data, force=True, progress=False)  # a forced reload
         warehouse.close()
     run_dbt_build(settings)
@@ -83,11 +84,37 @@ GOOD_ROWS = [
 
 
 def load_rows(settings, folder, rows, **options):
-    warehouse = connect(settings)
+    warehouse = connect_log(settings)
     try:
         return load_source(warehouse, settings, write_coveo(folder, rows, **options), progress=False)
     finally:
         warehouse.close()
+
+
+def write_into_load(settings, etl_id, document, name="other_writer", event_type="event_product"):
+    """Another writer's event in a load's raw-log folder: its document as JSON text."""
+    log = SegmentLog(settings.log_directory, settings.sf_schema, settings.log_tables)
+    folder = log.root / settings.sf_table / f"etl_id={etl_id}"
+    folder.mkdir(exist_ok=True)
+    keys = ", ".join(f"document.{column}" for column, _ in RAW_STORED[2:])
+    json_text = "'" + document.replace("'", "''") + "'"
+    event_type = "null" if event_type is None else f"'{event_type}'"
+    log.connection.execute(
+        f"copy (select {event_type} as event_type, null::date as event_date, {keys} "
+        f"from (select {document_from_json_sql(json_text)} as document)) to '{folder / name}.parquet'"
+    )
+    log.close()
+
+
+def shift_ledger(settings, milliseconds):
+    """Date every load `milliseconds` later (earlier when negative), as if the ledger said so."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = SegmentLog(settings.log_directory, settings.sf_schema, settings.log_tables).ledger_path
+    ledger = pq.read_table(path)
+    column = ledger.schema.get_field_index("etl_timestamp")
+    pq.write_table(ledger.set_column(column, "etl_timestamp", pc.add(ledger["etl_timestamp"], milliseconds)), path)
 
 
 def execute(settings, sql, parameters=None):
@@ -164,11 +191,7 @@ def test_a_raw_event_with_an_implausible_timestamp_stops_training(tmp_path):
         '{"session_id_hash": "s1", "event_type": "event_product", "product_action": "detail", '
         '"product_sku_hash": "b", "server_timestamp_epoch_ms": 1550000001, "hashed_url": "u"}'
     )
-    execute(
-        settings,
-        "insert into \"{schema}\".COVEO_DATASET_RAW values (?, 1, ?, 'event_product', null, cast(? as json))",
-        [summary.etl_id, settings.application_api_key, seconds_not_ms],
-    )
+    write_into_load(settings, summary.etl_id, seconds_not_ms)
     _, report = build_and_report(settings)
     assert failing_names(report) == ["assert_event_timestamps_plausible"]
     (failure,) = report.failures
@@ -196,44 +219,36 @@ def test_an_incremental_build_tests_the_rows_it_built(tmp_path):
         '{"session_id_hash": "u9", "event_type": "event_product", "product_action": "detail", '
         '"product_sku_hash": "b", "server_timestamp_epoch_ms": 1550000001, "hashed_url": "u"}'
     )
-    execute(
-        settings,
-        "insert into \"{schema}\".COVEO_DATASET_RAW select ?, max(etl_timestamp), ?, 'event_product', null, "
-        'cast(? as json) from "{schema}".COVEO_DATASET_RAW',
-        [third.etl_id, settings.application_api_key, seconds_not_ms],
-    )
+    write_into_load(settings, third.etl_id, seconds_not_ms)
     _, report = build_and_report(settings)
     assert failing_names(report) == ["assert_event_timestamps_plausible"]
     assert [(row["session_id"], row["etl_id"]) for row in report.failures[0].sample] == [("u9", third.etl_id)]
 
 
-def test_an_event_from_an_unrecorded_load_stops_training(tmp_path):
+def test_the_rows_of_a_load_the_ledger_does_not_name_are_not_in_the_log(tmp_path):
+    """A load killed before its commit (or a writer that skips the ledger) leaves files no reader sees."""
     settings = make_settings(tmp_path)
-    load_rows(settings, tmp_path / "in", GOOD_ROWS)
-    execute(
-        settings,
-        "insert into \"{schema}\".COVEO_DATASET_RAW select 'ghost-load', etl_timestamp, api_key, "
-        'event_type, event_date, raw_data from "{schema}".COVEO_DATASET_RAW limit 1',
-    )
+    summary = load_rows(settings, tmp_path / "in", GOOD_ROWS)
+    write_into_load(settings, "ghost-load", '{"session_id_hash": "g1", "event_type": "pageview"}')
     _, report = build_and_report(settings)
-    assert failing_names(report) == ["source_relationships"]
-    assert report.failures[0].sample[0]["from_field"] == "ghost-load"
+    assert report.passed
+    raw = query(settings, 'select distinct etl_id from "{schema}".COVEO_DATASET_RAW')
+    assert raw == [{"etl_id": summary.etl_id}]
+    assert query(settings, "select count(*) as n from \"{schema}\".sessions where session_id = 'g1'") == [{"n": 0}]
 
 
 def test_after_the_first_build_source_tests_check_the_loads_staging_has_not_read(tmp_path):
     settings = make_settings(tmp_path)
-    load_rows(settings, tmp_path / "in", GOOD_ROWS)
+    staged = load_rows(settings, tmp_path / "in", GOOD_ROWS)
     run_dbt_build(settings)
-    ghost = (
-        "insert into \"{schema}\".COVEO_DATASET_RAW select 'ghost-load', max(etl_timestamp) + %d, max(api_key), "
-        'max(event_type), max(event_date), any_value(raw_data) from "{schema}".COVEO_DATASET_RAW'
-    )
-    execute(settings, ghost % 0)  # dated as the staged load: staging will not read it, so neither do the tests
+    untyped = '{"session_id_hash": "x1", "server_timestamp_epoch_ms": 1550000000000}'
+    write_into_load(settings, staged.etl_id, untyped, event_type=None)  # in the staged load: not read again
     assert build_and_report(settings)[1].passed
     for audit in (run_dbt_build(settings, test_every_row=True), run_dbt_build(settings, full_refresh=True)):
-        assert failing_names(quality_report(settings, audit)) == ["source_relationships"]
-    execute(settings, ghost % 1)  # a later load: staging would read it
-    assert failing_names(build_and_report(settings)[1]) == ["source_relationships"]
+        assert failing_names(quality_report(settings, audit)) == ["source_not_null_coveo_events_raw_event_type"]
+    later = load_rows(settings, tmp_path / "later", [GOOD_ROWS[0].replace("s1", "v1")])
+    write_into_load(settings, later.etl_id, untyped, event_type=None)  # a later load: staging reads it
+    assert failing_names(build_and_report(settings)[1]) == ["source_not_null_coveo_events_raw_event_type"]
 
 
 def test_too_many_skus_missing_from_the_catalogue_stop_training(tmp_path):
@@ -284,7 +299,7 @@ def test_a_load_far_smaller_than_usual_is_a_warning_not_a_stop(tmp_path):
 
 def test_vars_select_the_raw_table(tmp_path, tiny_data):
     settings = make_settings(tmp_path, sf_table="OTHER_RAW")
-    warehouse = connect(settings)
+    warehouse = connect_log(settings)
     load_source(warehouse, settings, tiny_data, progress=False)
     warehouse.close()
     build = run_dbt_build(settings)
@@ -296,7 +311,7 @@ def test_a_stale_source_is_a_freshness_warning(tmp_path):
     settings = make_settings(tmp_path)
     load_rows(settings, tmp_path / "in", GOOD_ROWS)
     ten_days_ms = 10 * 86_400_000
-    execute(settings, f'update "{{schema}}".COVEO_DATASET_RAW set etl_timestamp = etl_timestamp - {ten_days_ms}')
+    shift_ledger(settings, -ten_days_ms)
     _, report = build_and_report(settings)
     assert report.passed
     stale = [outcome for outcome in report.warnings if outcome.name == "freshness of events_raw"]

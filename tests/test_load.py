@@ -18,10 +18,10 @@ from conftest import log_rows as rows
 from conftest import make_settings
 
 from postmodern.data.generator import PROFILES, generate_dataset
-from postmodern.data.load import LoadError, fingerprint, load_source
+from postmodern.data.load import LoadError, fingerprint, load_source, read_source
 from postmodern.data.reclist import sha256_of
 from postmodern.data.sources import BROWSING_HEADER
-from postmodern.warehouse import check_raw_log, connect
+from postmodern.warehouse import check_raw_log, connect_log, show_log_in_warehouse
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HEADER = "session_id_hash,event_type,product_action,product_sku_hash,server_timestamp_epoch_ms,hashed_url\n"
@@ -29,7 +29,7 @@ HEADER = "session_id_hash,event_type,product_action,product_sku_hash,server_time
 
 def load(tmp_path, source, kind="coveo", **overrides):
     settings = make_settings(tmp_path, **overrides)
-    warehouse = connect(settings)
+    warehouse = connect_log(settings)
     try:
         return settings, load_source(warehouse, settings, source, kind, progress=False)
     finally:
@@ -49,7 +49,9 @@ def test_a_load_appends_every_event_with_one_etl_id_and_the_event_as_a_document(
     assert {row["etl_id"] for row in raw} == {summary.etl_id}
     assert {row["api_key"] for row in raw} == {"acme"}
     event = json.loads(raw[0]["raw_data"])
-    assert sorted(event) == sorted(BROWSING_HEADER)  # a document: its keys have no order
+    # one document type for browsing and search events: a browsing event's search keys are null
+    assert {key for key, value in event.items() if value is not None} <= set(BROWSING_HEADER) <= set(event)
+    assert event["session_id_hash"] and event["event_type"] and event["server_timestamp_epoch_ms"]
     assert raw[0]["event_date"] == datetime.fromtimestamp(event["server_timestamp_epoch_ms"] / 1000, UTC).date()
     assert summary.products == len((tiny_data / "sku_to_content.csv").read_text().splitlines()) - 1
     assert check_raw_log(settings) == summary.events
@@ -173,7 +175,7 @@ def test_max_sessions_keeps_exactly_the_first_sessions_in_file_order(tmp_path):
 
 def test_loading_the_same_source_twice_is_refused_unless_forced(tmp_path, tiny_data):
     settings = make_settings(tmp_path)
-    warehouse = connect(settings)
+    warehouse = connect_log(settings)
     try:
         first = load_source(warehouse, settings, tiny_data, progress=False)
         with pytest.raises(LoadError, match=f"already loaded as etl_id {first.etl_id}.*--force"):
@@ -202,6 +204,36 @@ def test_fingerprint_is_every_byte_of_the_content_and_not_the_name(tmp_path, tin
     assert fingerprint([head, tail]) != fingerprint([other_head, other_tail])
 
 
+@pytest.mark.parametrize(
+    ("data_line", "plain"),
+    [
+        ("s1,pageview,,,1550000000000,u1\r\n", True),
+        ('s1,pageview,,,1550000000000,"u\n1"\n', False),  # a quoted field may hold a line break
+        ("s\t1,pageview,,,1550000000000,u1\n", False),
+        ("s\x7f1,pageview,,,1550000000000,u1\n", False),
+        ("s\u00e91,pageview,,,1550000000000,u1\n", False),
+    ],
+)
+def test_only_plain_csv_bytes_let_a_load_skip_the_check_of_characters_in_ids(tmp_path, data_line, plain):
+    path = tmp_path / "browsing_train.csv"
+    path.write_bytes(('"quoted","header"\n' + data_line * 3).encode())
+    assert read_source([path], [(path, True)]) == (fingerprint([path]), plain)
+    assert read_source([path], [(path, False)])[1] is False  # the quoted header is data then
+    assert read_source([path], [])[1] is False  # nothing scanned proves nothing
+    zipped = tmp_path / "browsing_train.csv.gz"
+    zipped.write_bytes(gzip.compress(path.read_bytes()))
+    assert read_source([zipped], [(zipped, True)])[1] is False
+
+
+def test_a_plain_file_is_loaded_as_the_character_check_would_load_it(tmp_path):
+    lines = [HEADER.strip()] + [f"s{i % 7},pageview,,,{1_550_000_000_000 + i},u{i}" for i in range(50)]
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "browsing_train.csv").write_text("\n".join(lines) + "\n")
+    _, summary = load(tmp_path / "fast", folder)
+    assert summary.events == 50 and summary.sessions == 7 and summary.quarantined == {}
+
+
 def test_a_file_of_the_same_name_and_size_that_differs_in_one_byte_is_a_new_load(tmp_path):
     """Fixed-width ids make equal sizes likely: one session id changed at 1/32 of a 4 MB file is new data."""
     lines = [HEADER.strip()] + [f"s{i:06d},pageview,,,{1_550_000_000_000 + i},u{i:06d}" for i in range(110_000)]
@@ -216,7 +248,7 @@ def test_a_file_of_the_same_name_and_size_that_differs_in_one_byte_is_a_new_load
     (second / "browsing_train.csv").write_text(changed)
     assert (first / "browsing_train.csv").stat().st_size == (second / "browsing_train.csv").stat().st_size > 4e6
     settings = make_settings(tmp_path)
-    warehouse = connect(settings)
+    warehouse = connect_log(settings)
     try:
         loads = [load_source(warehouse, settings, folder, progress=False) for folder in (first, second)]
         with pytest.raises(LoadError, match="already loaded"):
@@ -303,11 +335,10 @@ def test_check_raw_log_says_to_load_first(tmp_path):
     from postmodern.warehouse import WarehouseError
 
     settings = make_settings(tmp_path)
-    with pytest.raises(WarehouseError, match="postmodern load"):
+    with pytest.raises(WarehouseError, match="does not exist: run `postmodern load` first"):
         check_raw_log(settings)
-    connect(settings).close()
-    with pytest.raises(WarehouseError, match="does not exist"):
-        check_raw_log(settings)
+    show_log_in_warehouse(settings)  # a dbt build before any load: an empty log
+    assert check_raw_log(settings) == 0
 
 
 def reclist_zip(directory: Path) -> Path:
@@ -353,7 +384,7 @@ def test_reclist_dataset_is_fetched_once_checked_and_loaded(tmp_path, file_serve
     served, base = file_server
     archive = reclist_zip(served)
     settings = make_settings(tmp_path / "w")
-    warehouse = connect(settings)
+    warehouse = connect_log(settings)
     try:
         summary = load_source(
             warehouse, settings, f"{base}/coveo_sigir.zip", "reclist", checksum=sha256_of(archive), progress=False
@@ -375,7 +406,7 @@ def test_a_reclist_download_with_the_wrong_checksum_is_refused_and_not_cached(tm
     reclist_zip(served)
     with pytest.raises(LoadError, match="checksum"):
         settings = make_settings(tmp_path)
-        warehouse = connect(settings)
+        warehouse = connect_log(settings)
         try:
             load_source(warehouse, settings, f"{base}/coveo_sigir.zip", "reclist", checksum="0" * 64, progress=False)
         finally:
@@ -395,7 +426,7 @@ def test_a_load_killed_half_way_leaves_nothing_and_a_rerun_succeeds(tmp_path):
     command = [sys.executable, "-m", "postmodern.cli", "load", "--path", str(data)]
     loader = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in loader.stdout:  # the final transaction has begun: kill it mid-write
-        if line.startswith("writing"):
+        if line.startswith("appending"):
             loader.send_signal(signal.SIGKILL)
             break
     assert loader.wait(timeout=120) == -signal.SIGKILL
@@ -406,24 +437,40 @@ def test_a_load_killed_half_way_leaves_nothing_and_a_rerun_succeeds(tmp_path):
     assert check_raw_log(settings) == ledger["events"] > 1_000_000
 
 
-def test_a_log_written_with_json_text_is_converted_to_documents_once(tmp_path, tiny_data):
+def test_a_log_kept_in_the_warehouse_file_moves_to_segments_once_with_its_ledger(tmp_path, tiny_data):
+    """Logs written before the segments were tables of the DuckDB file (raw_data as JSON text, later VARIANT)."""
     settings = make_settings(tmp_path)
+    schema = settings.sf_schema
     old = duckdb.connect(str(settings.duckdb_path))
-    old.execute(f'create schema "{settings.sf_schema}"')
+    old.execute(f'create schema "{schema}"')
     old.execute(
-        f'create table "{settings.sf_schema}".COVEO_DATASET_RAW (etl_id varchar, etl_timestamp bigint, '
+        f'create table "{schema}".COVEO_DATASET_RAW (etl_id varchar, etl_timestamp bigint, '
         "api_key varchar, event_type varchar, event_date date, raw_data json)"
     )
     old.execute(
-        f"insert into \"{settings.sf_schema}\".COVEO_DATASET_RAW values ('old', 1, 'k', 'pageview', null, "
+        f"insert into \"{schema}\".COVEO_DATASET_RAW values ('old', 1, 'k', 'pageview', null, "
         '\'{"session_id_hash": "s0", "server_timestamp_epoch_ms": 1550000000000}\')'
+    )
+    old.execute(
+        f'create table "{schema}".COVEO_DATASET_RAW_LOADS as select * from (values '
+        "('old', 1, 'k', 'coveo', 'p', 'xxh3-128:0', 1, 1, 0, 0, 0.5)) as t(etl_id, etl_timestamp, api_key, "
+        "source_kind, source_path, fingerprint, events, sessions, quarantined, products, seconds)"
     )
     old.close()
     load(tmp_path, tiny_data)
-    warehouse = connect(settings)
-    (old_event,) = warehouse.query(
-        "select raw_data['session_id_hash']::varchar as session, raw_data['server_timestamp_epoch_ms']::bigint as ms "
-        f"from {warehouse.qualified('COVEO_DATASET_RAW')} where etl_id = 'old'"
+    show_log_in_warehouse(settings)
+    show_log_in_warehouse(settings)  # once: the tables are gone, the views stay
+    raw_log = connect_log(settings)
+    (old_event,) = raw_log.query(
+        "select api_key, raw_data['session_id_hash']::varchar as session, "
+        f"raw_data['server_timestamp_epoch_ms']::bigint as ms from {raw_log.qualified('COVEO_DATASET_RAW')} "
+        "where etl_id = 'old'"
     ).to_pylist()
+    raw_log.close()
+    assert old_event == {"api_key": "k", "session": "s0", "ms": 1550000000000}
+    ledger = rows(settings, "loads")
+    assert ledger[0]["etl_id"] == "old" and len(ledger) == 2
+    warehouse = duckdb.connect(str(settings.duckdb_path), read_only=True)
+    kinds = warehouse.sql("select table_name, table_type from information_schema.tables").fetchall()
     warehouse.close()
-    assert old_event == {"session": "s0", "ms": 1550000000000}
+    assert {kind for _, kind in kinds} == {"VIEW"} and len(kinds) == 4

@@ -36,17 +36,17 @@ def _generate(args: argparse.Namespace) -> None:
 def _load(args: argparse.Namespace) -> None:
     from postmodern.config import load_settings
     from postmodern.data.load import load_source
-    from postmodern.warehouse import connect
+    from postmodern.warehouse import connect_log
 
     overrides = {"max_sessions": args.max_sessions} if args.max_sessions else {}
     settings = load_settings(**overrides)
-    warehouse = connect(settings)
+    log = connect_log(settings)
     try:
         summary = load_source(
-            warehouse, settings, args.path, args.source, force=args.force, checksum=args.sha256, progress=not args.quiet
+            log, settings, args.path, args.source, force=args.force, checksum=args.sha256, progress=not args.quiet
         )
     finally:
-        warehouse.close()
+        log.close()
     print(summary.describe())
 
 
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     from postmodern.config import ConfigError
     from postmodern.data.load import LoadError
     from postmodern.data.sources import SourceError
-    from postmodern.model.bundle import BundleError
+    from postmodern.model import BundleError
     from postmodern.warehouse import WarehouseError
 
     args = build_parser().parse_args(argv)

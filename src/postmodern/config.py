@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     warehouse: Literal["duckdb", "snowflake"] = "duckdb"
     duckdb_path: Path = Field(default=Path("data/warehouse.duckdb"))
     warehouse_lock_timeout: float = Field(default=120.0, ge=0)  # seconds to wait while another process holds it
+    duckdb_log_dir: Path | None = None  # the raw log's Parquet segments; default: beside DUCKDB_PATH, "<name>_log"
     sf_schema: str = "POST_MODERN_DATA_STACK"
     sf_table: str = "COVEO_DATASET_RAW"
     sf_catalog_table: str = "COVEO_CATALOG_RAW"
@@ -141,6 +142,10 @@ class Settings(BaseSettings):
             quarantine=f"{self.sf_table}_QUARANTINE",
             loads=f"{self.sf_table}_LOADS",
         )
+
+    @property
+    def log_directory(self) -> Path:
+        return self.duckdb_log_dir or self.duckdb_path.with_name(f"{self.duckdb_path.stem}_log")
 
     @property
     def tracking_backend(self) -> Literal["mlflow", "comet"]:

@@ -35,7 +35,7 @@ class CollectorMetrics:
         )
         self.loads = Counter(
             "postmodern_collector_loads",
-            "Attempts to load a sealed segment, by outcome: loaded, repeat (in the ledger already), busy, failed.",
+            "Attempts to load a sealed segment, by outcome: loaded, repeat (in the ledger already), failed.",
             ["outcome"],
             registry=self.registry,
         )

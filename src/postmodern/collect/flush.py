@@ -2,8 +2,9 @@
 
 A segment's load is all or nothing, and its fingerprint (every byte) is in the ledger once it has landed: if the
 collector dies between the load's commit and marking the segment loaded, the next attempt finds it in the ledger
-and only marks it. Loads wait for nobody: while another process holds the warehouse (a bulk load, `dbt build`),
-the segment stays sealed and is tried again on the next tick, the events safe on disk.
+and only marks it. Loads wait for nobody: the raw log is files that bulk loads and `dbt build` never lock
+(warehouse/segment_log.py); a load that fails (Snowflake unreachable, the disk) leaves the segment sealed, to be
+tried again on the next tick, the events safe on disk.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 from postmodern.collect.stage import EventStage
 from postmodern.config import Settings
 from postmodern.data.load import AlreadyLoaded, LoadError, LoadSummary, load_source
-from postmodern.warehouse import WarehouseError, connect
+from postmodern.warehouse import WarehouseError, connect_log
 
 log = logging.getLogger("postmodern.collect")
 TICK_SECONDS = 0.2
@@ -25,28 +26,25 @@ LOAD_NICENESS = 10
 
 def load_segments(stage: EventStage, settings: Settings, on_load=None) -> int:
     """Seal the open segment when due, load every sealed one in order; the events loaded. Stops at the first
-    segment that cannot be loaded now (the warehouse busy or failing), to keep the log in arrival order."""
+    segment that cannot be loaded now (the warehouse failing), to keep the log in arrival order."""
     stage.seal(older_than=settings.collect_flush_seconds)
     loaded = 0
     for segment in stage.to_load():
-        outcome = "loaded"
+        outcome, summary = "loaded", None
         try:
-            warehouse = connect(settings.model_copy(update={"warehouse_lock_timeout": 0.0}))
-        except WarehouseError:
-            outcome = "busy"
-        else:
+            raw_log = connect_log(settings)
             try:
-                summary = load_source(warehouse, settings, segment.path, "events", progress=False)
-            except AlreadyLoaded:
-                outcome, summary = "repeat", None
-            except (LoadError, WarehouseError) as error:
-                log.error("loading %s failed, to be tried again: %s", segment.path.name, error)
-                outcome = "failed"
+                summary = load_source(raw_log, settings, segment.path, "events", progress=False)
             finally:
-                warehouse.close()
+                raw_log.close()
+        except AlreadyLoaded:
+            outcome = "repeat"
+        except (LoadError, WarehouseError) as error:
+            log.error("loading %s failed, to be tried again: %s", segment.path.name, error)
+            outcome = "failed"
         if on_load:
             on_load(outcome, segment.events)
-        if outcome in ("busy", "failed"):
+        if outcome == "failed":
             break
         stage.loaded(segment)
         loaded += segment.events

@@ -29,6 +29,7 @@ import pyarrow as pa
 from postmodern.config import MAX_FIELD_LENGTH
 from postmodern.data.load import event_reason_sql
 from postmodern.data.sources import EVENT_FIELDS
+from postmodern.files import sync_directory
 
 GROUP_MAX_REQUESTS = 256  # requests committed by one fsync, at most
 # A group waits this long for more requests after its first: checking a group costs about 2 ms whatever its size
@@ -314,12 +315,3 @@ def truncate_torn_line(path: Path) -> None:
         with path.open("r+b") as handle:
             handle.truncate(whole)
             os.fsync(handle.fileno())
-
-
-def sync_directory(directory: Path) -> None:
-    """Make a rename or a new file in `directory` durable."""
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -3,17 +3,19 @@
 1. The source's reader (data/sources.py) is a DuckDB query: parsing is columnar and parallel, and lines
    that cannot be parsed land in DuckDB's rejects tables with the reason.
 2. Every row is checked (session id, timestamp, event type, product action, SKU, characters in ids, field
-   sizes); a failing row goes to the quarantine table with its raw line, the source, the etl_id and the
-   reason. Only the failing rows and one row per session are kept aside: the valid rows stream from the file
-   into the log.
-3. `MAX_SESSIONS` keeps the first N sessions in file order, exactly, by each session's first line.
-4. The raw log, the quarantine, the catalogue and the loads ledger are appended in one transaction, so a
-   load killed half-way leaves nothing behind, and a load of a source already in the ledger (the same bytes:
-   the fingerprint hashes all of them) is refused unless forced. dbt counts a re-loaded event once either way.
+   sizes) and written, in one pass over the source, to local Parquet: the valid rows as the log stores them,
+   the failing ones with their raw line, source and reason, for the quarantine.
+3. `MAX_SESSIONS` keeps the first N sessions in file order, exactly, by each session's first line (then the
+   valid rows are filtered once more; without a limit their file is what the log appends).
+4. The raw log, the quarantine, the catalogue and the loads ledger are appended as one load, all or nothing
+   (warehouse/segment_log.py, or one Snowflake transaction), so a load killed half-way leaves nothing behind,
+   and a load of a source already in the ledger (the same bytes: the fingerprint hashes all of them) is refused
+   unless forced. dbt counts a re-loaded event once either way.
 """
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 import uuid
@@ -26,7 +28,7 @@ from tqdm import tqdm
 
 from postmodern.config import MAX_FIELD_LENGTH, Settings
 from postmodern.data.sources import SourceError, StagedSource, stage_source
-from postmodern.warehouse import Warehouse
+from postmodern.warehouse import RawLog
 
 EARLIEST_EPOCH_MS = 946_684_800_000  # 2000-01-01: anything earlier is a unit or parsing error
 FINGERPRINT_CHUNK = 4 << 20
@@ -35,6 +37,7 @@ FINGERPRINT_CHUNK = 4 << 20
 # decoding leaves behind. Ids are hashes or codes: one of these is corrupt data, and breaks consumers downstream.
 FORBIDDEN_IN_IDS = r"[\x00-\x1f\x7f-\x9f\p{Cf}\x{2028}\x{2029}\x{fffd}]"
 BAD_ID_REASON = "control character in identifier"
+PLAIN_CSV_BYTES = bytes(byte for byte in range(0x20, 0x7F) if byte != ord('"')) + b"\n\r"
 
 # DuckDB's CSV rejects, in the words of the quarantine.
 REJECT_REASONS = {
@@ -86,23 +89,47 @@ class LoadSummary:
 def fingerprint(files: list[Path], progress: bool = False) -> str:
     """The hash of every byte of the source's files, in order: two sources share it only when their content is
     the same, whatever their names. XXH3-128 streams at several GB/s, a small share of the load's own time."""
+    return read_source(files, [], progress)[0]
+
+
+def read_source(files: list[Path], csv_files: list[tuple[Path, bool]], progress: bool = False) -> tuple[str, bool]:
+    """The source's fingerprint, and whether `csv_files` (each with whether it has a header) are plain: every byte
+    after the header printable ASCII but the quote, or a line break. A field of a plain CSV file cannot hold a
+    character that ids must not (FORBIDDEN_IN_IDS: controls, invisible or non-ASCII ones), so the load can skip
+    that check, the costliest of them (0.3 us an event in RE2). False when there are none, or one is gzipped."""
     digest = xxhash.xxh3_128()
     buffer = bytearray(FINGERPRINT_CHUNK)
     view = memoryview(buffer)
+    scanned = dict(csv_files)
+    plain = bool(scanned) and all(path.suffix != ".gz" for path in scanned)
     total = sum(path.stat().st_size for path in files)
     with tqdm(total=total, desc="fingerprint", unit="B", unit_scale=True, disable=not progress or None) as bar:
         for path in files:
             digest.update(f"{path.stat().st_size}:".encode())  # where one file ends and the next begins
+            header = scanned.get(path, False)
             with path.open("rb") as handle:
                 while read := handle.readinto(buffer):
                     digest.update(view[:read])
                     bar.update(read)
-    return f"xxh3-128:{digest.hexdigest()}"
+                    if plain and path in scanned:
+                        start = 0
+                        if header:
+                            newline = buffer.find(b"\n", 0, read)
+                            start, header = (read, True) if newline < 0 else (newline + 1, False)
+                        plain = not buffer[start:read].translate(None, PLAIN_CSV_BYTES)
+    return f"xxh3-128:{digest.hexdigest()}", plain
 
 
-def event_reason_sql() -> str:
-    """Why an event (the standard columns of data/sources.py) cannot be loaded, or null: SQL."""
+def event_reason_sql(check_characters: bool = True) -> str:
+    """Why an event (the standard columns of data/sources.py) cannot be loaded, or null: SQL. Without
+    `check_characters`, ids are known to hold no forbidden character (`read_source`)."""
     latest = int((time.time() + 86_400) * 1000)
+    characters = (
+        f"""when {_has_forbidden("session_id_hash")} or {_has_forbidden("product_sku_hash")}
+             or {_has_forbidden("hashed_url")} then '{BAD_ID_REASON}'"""
+        if check_characters
+        else ""
+    )
     return f"""case
         when session_id_hash is null or trim(session_id_hash) = '' then 'missing session id'
         when try_cast(server_timestamp_epoch_ms as bigint) is null then 'non-numeric timestamp'
@@ -115,13 +142,17 @@ def event_reason_sql() -> str:
         when event_type = 'pageview' and product_action is not null then 'unknown product_action'
         when event_type = 'event_product' and (product_sku_hash is null or trim(product_sku_hash) = '')
             then 'product event without SKU'
-        when {_has_forbidden("session_id_hash")} or {_has_forbidden("product_sku_hash")}
-             or {_has_forbidden("hashed_url")} then '{BAD_ID_REASON}'
-        when greatest(length(session_id_hash), length(coalesce(product_sku_hash, '')),
-                      length(coalesce(hashed_url, '')), length(coalesce(product_action, '')),
-                      length(coalesce(query_vector, '')) / 64) > {MAX_FIELD_LENGTH}
+        {characters}
+        when {_longest_field("strlen")} > {MAX_FIELD_LENGTH} and {_longest_field("length")} > {MAX_FIELD_LENGTH}
             then 'oversized field'
     end"""
+
+
+def _longest_field(length: str) -> str:
+    """The longest field, in bytes (`strlen`: quick) or characters (`length`: the limit's unit, never more)."""
+    return f"""greatest({length}(session_id_hash), {length}(coalesce(product_sku_hash, '')),
+                        {length}(coalesce(hashed_url, '')), {length}(coalesce(product_action, '')),
+                        {length}(coalesce(query_vector, '')) / 64)"""
 
 
 def _has_forbidden(column: str) -> str:
@@ -133,19 +164,6 @@ def _catalog_reason_sql() -> str:
         when nullif(trim(product_sku_hash), '') is null then 'catalogue row without SKU'
         when {_has_forbidden("product_sku_hash")} or {_has_forbidden("category_hash")} then '{BAD_ID_REASON}'
     end"""
-
-
-def raw_data_sql(warehouse: Warehouse) -> str:
-    """The event as the document the raw log stores; search events carry their own fields."""
-    search = warehouse.document_sql(
-        "struct_pack(session_id_hash, event_type, query_vector, clicked_skus_hash, product_skus_hash, "
-        "server_timestamp_epoch_ms := epoch_ms_value)"
-    )
-    browsing = warehouse.document_sql(
-        "struct_pack(session_id_hash, event_type, product_action, product_sku_hash, "
-        "server_timestamp_epoch_ms := epoch_ms_value, hashed_url)"
-    )
-    return f"case when event_type = 'search' then {search} else {browsing} end"
 
 
 def _run(connection: duckdb.DuckDBPyConnection, sql: str, description: str, progress: bool) -> None:
@@ -177,7 +195,7 @@ def _run(connection: duckdb.DuckDBPyConnection, sql: str, description: str, prog
 
 
 def load_source(
-    warehouse: Warehouse,
+    log: RawLog,
     settings: Settings,
     path: Path | str,
     kind: str = "coveo",
@@ -188,18 +206,18 @@ def load_source(
 ) -> LoadSummary:
     """Append the source at `path` (in `kind`'s layout) as one load; see the module docstring."""
     started = time.perf_counter()
-    etl_id, etl_timestamp = str(uuid.uuid4()), int(time.time() * 1000)
+    etl_id = str(uuid.uuid4())
     tables = settings.log_tables
-    warehouse.ensure_raw_tables(tables)
-    engine = warehouse.staging_connection()
+    log.ensure_raw_tables(tables)
+    engine = log.staging_connection()
     engine.execute(f"set memory_limit = '{settings.load_memory_limit}'")
     try:
         staged = stage_source(engine, kind, path, settings.data_dir / "cache", checksum)
     except SourceError as error:
         raise LoadError(str(error)) from None
-    source_fingerprint = fingerprint(staged.files, progress)
-    previous = warehouse.query(
-        f"select etl_id, etl_timestamp from {warehouse.qualified(tables.loads)} "
+    source_fingerprint, plain_ids = read_source(staged.files, staged.event_csv_files, progress)
+    previous = log.query(
+        f"select etl_id, etl_timestamp from {log.qualified(tables.loads)} "
         "where fingerprint = ? and api_key = ? order by etl_timestamp",
         [source_fingerprint, settings.application_api_key],
     ).to_pylist()
@@ -210,34 +228,37 @@ def load_source(
             "append the same events twice. Pass --force to load it anyway (dbt counts each event once)."
         )
     tag = etl_id.replace("-", "")[:12]
-    try:
-        valid_rows = _prepare(engine, staged, tag, settings.max_sessions, progress)
-        counts = _counts(engine, staged, tag, settings.max_sessions is not None)
-        api_key = _sql_text(settings.application_api_key)
-        common = f"'{etl_id}' as etl_id, {etl_timestamp} as etl_timestamp, '{api_key}' as api_key"
-        seconds_so_far = time.perf_counter() - started
-        selects = {
-            tables.raw: f"""select {common}, event_type, cast(epoch_ms(epoch_ms_value) as date) as event_date,
-                                   {raw_data_sql(warehouse)} as raw_data
-                            from ({valid_rows})""",
-            tables.quarantine: _quarantine_sql(staged, tag, common, settings.max_sessions is not None),
-            tables.loads: f"""select {common}, '{kind}' as source_kind, '{_sql_text(str(path))}' as source_path,
-                                     '{source_fingerprint}' as fingerprint, {counts["events"]} as events,
-                                     {counts["sessions"]} as sessions, {sum(counts["quarantined"].values())}
-                                     as quarantined, {counts["products"]} as products,
-                                     {seconds_so_far:.3f} as seconds""",
-        }
-        if staged.catalog_sql:
-            selects[tables.catalog] = f"""select {common}, product_sku_hash, category_hash, price_bucket,
-                                                 description_vector, image_vector
-                                          from catalog_{tag} where reason is null"""
-        if progress:
-            print(f"writing {counts['events']:,} events to {warehouse.qualified(tables.raw)} ...", flush=True)
-        warehouse.append_queries(engine, selects)
-    finally:
-        temporary = [f"invalid_{tag}", f"sessions_{tag}", f"kept_{tag}", f"catalog_{tag}"]
-        for table in temporary + [f"{rejects}_lines" for rejects, _ in staged.rejects_tables]:
-            engine.execute(f"drop table if exists {table}")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".load-", dir=settings.data_dir) as scratch:
+        try:
+            checked = _check(engine, log, staged, Path(scratch), tag, settings.max_sessions, plain_ids, progress)
+            counts = _counts(engine, staged, tag, checked, settings.max_sessions)
+            rows: dict[str, str | Path] = {}
+            if counts["events"]:
+                rows[tables.raw] = checked.raw_rows(settings.max_sessions, tag)
+            if counts["quarantined"]:
+                rows[tables.quarantine] = _quarantine_sql(staged, tag, checked, settings.max_sessions is not None)
+            if staged.catalog_sql and counts["products"]:
+                rows[tables.catalog] = f"""select product_sku_hash, category_hash, price_bucket, description_vector,
+                                                  image_vector
+                                           from catalog_{tag} where reason is null"""
+            ledger = {
+                "source_kind": kind,
+                "source_path": str(path),
+                "fingerprint": source_fingerprint,
+                "events": counts["events"],
+                "sessions": counts["sessions"],
+                "quarantined": sum(counts["quarantined"].values()),
+                "products": counts["products"],
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            if progress:
+                print(f"appending {counts['events']:,} events to {log.qualified(tables.raw)} ...", flush=True)
+            log.append_load(engine, etl_id, settings.application_api_key, rows, ledger)
+        finally:
+            temporary = [f"sessions_{tag}", f"kept_{tag}", f"catalog_{tag}"]
+            for table in temporary + [f"{rejects}_lines" for rejects, _ in staged.rejects_tables]:
+                engine.execute(f"drop table if exists {table}")
     return LoadSummary(
         etl_id,
         counts["events"],
@@ -253,49 +274,103 @@ def _sql_text(value: str) -> str:
     return value.replace("'", "''")
 
 
-def _prepare(
-    engine: duckdb.DuckDBPyConnection, staged: StagedSource, tag: str, max_sessions: int | None, progress: bool
-) -> str:
-    """Check the source without copying it: keep only the rows that fail (few) and one row per session
-    (first line, event count); return the query of the rows to append, which re-reads the source.
+@dataclass(frozen=True)
+class CheckedRows:
+    """Where the one pass over the source wrote its rows: Parquet folders of the valid and the invalid ones
+    (absent when there are none)."""
 
-    Materialising every row first would double the work and spill to disk at full scale."""
-    reason = f"coalesce(source_reason, {event_reason_sql()})" if staged.source_reasons else event_reason_sql()
-    checked = f"""select *, {reason} as reason, try_cast(server_timestamp_epoch_ms as bigint) as epoch_ms_value
-                  from ({staged.events_sql})"""
+    valid: Path
+    invalid: Path
+
+    def scan(self, folder: Path) -> str:
+        return f"read_parquet('{_sql_text(str(folder))}/*.parquet')"
+
+    def raw_rows(self, max_sessions: int | None, tag: str) -> str | Path:
+        """The raw log's rows: the valid rows' folder as it is, or with a session limit the kept sessions'."""
+        if max_sessions is None:
+            return self.valid
+        return f"""select * exclude (line) from {self.scan(self.valid)}
+                   where session_id_hash in (select session_id_hash from kept_{tag})"""
+
+
+def _check(
+    engine: duckdb.DuckDBPyConnection,
+    log: RawLog,
+    staged: StagedSource,
+    scratch: Path,
+    tag: str,
+    max_sessions: int | None,
+    plain_ids: bool,
+    progress: bool,
+) -> CheckedRows:
+    """Read, check and write the source's rows in one pass: the valid ones as the log stores them (and with a
+    session limit each one's session and line), the invalid ones with their reason and raw line."""
+    reason = event_reason_sql(check_characters=not plain_ids)
+    reason = f"coalesce(source_reason, {reason})" if staged.source_reasons else reason
+    # with a session limit, each valid row's line too
+    line = ", line" if max_sessions is not None else ""
     _run(
         engine,
-        f"create temp table invalid_{tag} as select * from ({checked}) where reason is not null",
+        f"""copy (
+                select {log.event_columns_sql()},
+                       case when reason is not null then source_file end as source_file,
+                       case when reason is not null then source_line end as source_line,
+                       reason{line},
+                       reason is null as valid
+                from (select * exclude (epoch_ms_value),
+                             case when reason is null then epoch_ms_value end as epoch_ms_value
+                      from (select *, {reason} as reason,
+                                   try_cast(server_timestamp_epoch_ms as bigint) as epoch_ms_value
+                            from ({staged.events_sql})))
+            ) to '{_sql_text(str(scratch))}' (format parquet, partition_by (valid))""",
         "checking",
         progress,
     )
-    _run(
-        engine,
-        f"""create temp table sessions_{tag} as
-                    select session_id_hash, min(line) as first_line, count(*) as events
-                    from ({checked}) where reason is null group by session_id_hash""",
-        "counting sessions",
-        progress,
-    )
-    limit = "" if max_sessions is None else f"order by first_line limit {int(max_sessions)}"
-    engine.execute(f"create temp table kept_{tag} as select * from sessions_{tag} {limit}")
+    checked = CheckedRows(scratch / "valid=true", scratch / "valid=false")
+    if max_sessions is not None:
+        sessions = (
+            f"select session_id_hash, min(line) as first_line, count(*) as events from {checked.scan(checked.valid)} "
+            "group by session_id_hash"
+            if checked.valid.exists()
+            else "select null::varchar as session_id_hash, null::bigint as first_line, 0::bigint as events limit 0"
+        )
+        engine.execute(f"create temp table kept_{tag} as {sessions} order by first_line limit {int(max_sessions)}")
     if staged.catalog_sql:
         checked_catalog = f"select *, {_catalog_reason_sql()} as reason from ({staged.catalog_sql})"
         engine.execute(f"create temp table catalog_{tag} as {checked_catalog}")
-    for rejects, _ in staged.rejects_tables:  # every scan of a file adds its rejects again: keep one per line
+    for rejects, _ in staged.rejects_tables:  # a scan that restarts adds its rejects again: keep one per line
         engine.execute(f"""create temp table {rejects}_lines as select * from {rejects}
                           qualify row_number() over (partition by line order by scan_id desc) = 1""")
-    kept = "" if max_sessions is None else f"and session_id_hash in (select session_id_hash from kept_{tag})"
-    return f"select * from ({checked}) where reason is null {kept}"
+    return checked
 
 
-def _counts(engine: duckdb.DuckDBPyConnection, staged: StagedSource, tag: str, limited: bool) -> dict:
-    events, sessions = engine.sql(f"select coalesce(sum(events), 0), count(*) from kept_{tag}").fetchall()[0]
-    kept_invalid = _kept_invalid(tag, limited)
-    quarantined = dict(
-        engine.sql(f"select reason, count(*) from invalid_{tag} where {kept_invalid} group by 1").fetchall()
-    )
-    outside = engine.sql(f"select count(*) from invalid_{tag} where not ({kept_invalid})").fetchall()[0][0]
+def _counts(
+    engine: duckdb.DuckDBPyConnection,
+    staged: StagedSource,
+    tag: str,
+    checked: CheckedRows,
+    max_sessions: int | None,
+) -> dict:
+    limited = max_sessions is not None
+    if limited:
+        events, sessions = engine.sql(f"select coalesce(sum(events), 0), count(*) from kept_{tag}").fetchall()[0]
+    elif checked.valid.exists():
+        events, sessions = engine.sql(
+            f"select count(*), count(distinct session_id_hash) from {checked.scan(checked.valid)}"
+        ).fetchall()[0]
+    else:
+        events = sessions = 0
+    quarantined, outside = {}, 0
+    if checked.invalid.exists():
+        kept_invalid = _kept_invalid(tag, limited)
+        quarantined = dict(
+            engine.sql(
+                f"select reason, count(*) from {checked.scan(checked.invalid)} where {kept_invalid} group by 1"
+            ).fetchall()
+        )
+        outside = engine.sql(
+            f"select count(*) from {checked.scan(checked.invalid)} where not ({kept_invalid})"
+        ).fetchall()[0][0]
     for rejects, _ in staged.rejects_tables:
         for error_type, count in engine.sql(f"select error_type, count(*) from {rejects}_lines group by 1").fetchall():
             if limited:
@@ -323,15 +398,15 @@ def _kept_invalid(tag: str, limited: bool) -> str:
     return f"session_id_hash in (select session_id_hash from kept_{tag})" if limited else "true"
 
 
-def _quarantine_sql(staged: StagedSource, tag: str, common: str, limited: bool) -> str:
-    parts = [
-        f"""select {common}, source_file as source, cast(null as bigint) as line_number,
-                        source_line as raw_line, reason
-                 from invalid_{tag} where {_kept_invalid(tag, limited)}"""
-    ]
+def _quarantine_sql(staged: StagedSource, tag: str, checked: CheckedRows, limited: bool) -> str:
+    parts = []
+    if checked.invalid.exists():
+        parts.append(f"""select source_file as source, cast(null as bigint) as line_number, source_line as raw_line,
+                                reason
+                         from {checked.scan(checked.invalid)} where {_kept_invalid(tag, limited)}""")
     if staged.catalog_sql:
         catalog_file = _sql_text(str(staged.files[-1]))
-        parts.append(f"""select {common}, '{catalog_file}' as source, cast(null as bigint) as line_number,
+        parts.append(f"""select '{catalog_file}' as source, cast(null as bigint) as line_number,
                                 concat_ws(',', coalesce(product_sku_hash, ''), coalesce(category_hash, ''),
                                           coalesce(price_bucket, '')) as raw_line,
                                 reason
@@ -339,8 +414,7 @@ def _quarantine_sql(staged: StagedSource, tag: str, common: str, limited: bool) 
     if not limited:  # parse rejects carry no session: with a session limit they are counted, not kept
         mapping = " ".join(f"when '{error}' then '{reason}'" for error, reason in REJECT_REASONS.items())
         for rejects, file in staged.rejects_tables:
-            parts.append(f"""select {common}, '{_sql_text(file)}' as source, cast(line as bigint) as line_number,
-                                    csv_line as raw_line,
-                                    case error_type {mapping} else lower(error_type) end as reason
+            parts.append(f"""select '{_sql_text(file)}' as source, cast(line as bigint) as line_number,
+                                    csv_line as raw_line, case error_type {mapping} else lower(error_type) end as reason
                              from {rejects}_lines""")
     return " union all ".join(parts)

@@ -77,6 +77,9 @@ class StagedSource:
     files: list[Path]  # what the load fingerprint covers; the catalogue's file, when there is one, is last
     rejects_tables: list[tuple[str, str]] = field(default_factory=list)  # (rejects table, source file)
     source_reasons: bool = False  # events_sql has a `source_reason`: why the source itself refused a row
+    # The CSV files every event comes from, each with whether it has a header line: when their bytes
+    # are plain (data/load.py), no field can hold a character that ids must not, and that check is skipped.
+    event_csv_files: list[tuple[Path, bool]] = field(default_factory=list)
 
 
 def _csv(path: Path, columns: tuple[str, ...], rejects: str, *, delimiter: str = ",", header: bool = True) -> str:
@@ -210,7 +213,8 @@ def _coveo(folder: Path, tag: str) -> StagedSource:
             "select product_sku_hash, category_hash, price_bucket, description_vector, image_vector "
             f"from {_csv(catalog, CATALOG_HEADER, rejects[-1][0])}"
         )
-    return StagedSource(" union all ".join(parts), catalog_sql, files, rejects)
+    events_csv = [(path, True) for path in files if path != catalog]
+    return StagedSource(" union all ".join(parts), catalog_sql, files, rejects, event_csv_files=events_csv)
 
 
 def _diginetica(path: Path, tag: str) -> StagedSource:
@@ -235,6 +239,7 @@ def _diginetica(path: Path, tag: str) -> StagedSource:
         None,
         [path],
         [(rejects, str(path))],
+        event_csv_files=[(path, True)],
     )
 
 
@@ -260,6 +265,7 @@ def _yoochoose(path: Path, tag: str) -> StagedSource:
         None,
         [path],
         [(rejects, str(path))],
+        event_csv_files=[(path, False)],
     )
 
 
@@ -295,6 +301,7 @@ def _retailrocket(path: Path, tag: str) -> StagedSource:
         None,
         [path],
         [(rejects, str(path))],
+        event_csv_files=[(path, True)],
     )
 
 
@@ -323,6 +330,7 @@ def _plain(path: Path, tag: str) -> StagedSource:
         None,
         [path],
         [(rejects, str(path))],
+        event_csv_files=[(path, True)],
     )
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from cachetools import LRUCache
 
+from postmodern.model import BundleError
 from postmodern.model.dataset import PADDING_ID, Vocabulary
 from postmodern.model.families import ranker_from_state
 from postmodern.model.ranker import Ranker, RankerState
@@ -50,10 +51,6 @@ CONFIG_BEFORE_FIELDS = {
 }
 FALLBACK_SIZE = 200
 COMPANIONS_DIR = "companions"
-
-
-class BundleError(ValueError):
-    """A bundle directory is missing, incomplete or of an unknown format."""
 
 
 @dataclass

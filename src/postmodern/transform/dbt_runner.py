@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from postmodern.config import Settings
-from postmodern.warehouse import connect
+from postmodern.warehouse import show_log_in_warehouse
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt"
 
@@ -122,8 +122,9 @@ def run_dbt_build(
     ]
     started = time.perf_counter()
     if settings.warehouse == "duckdb":
-        # dbt fails at once on a file another process holds (a load, say): wait for it here, saying so
-        connect(settings).close()
+        # dbt fails at once on a file another process holds: wait for it here, saying so; and show the raw log's
+        # segments, as they are now, as views in the file
+        show_log_in_warehouse(settings)
     with dbt_environment(settings):
         outcome = dbtRunner().invoke(["build", *common_args, *(["--full-refresh"] if full_refresh else [])])
     run_results_path = target_path / "run_results.json"

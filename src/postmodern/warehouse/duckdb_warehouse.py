@@ -1,8 +1,9 @@
-"""The embedded warehouse: one DuckDB file under `data/`.
+"""The embedded warehouse: one DuckDB file under `data/`, where dbt builds its models.
 
-DuckDB lets one process write a file (or several read it) at a time. A second process, a load while another
-load or the flow's `dbt build` holds the file, waits for it up to `WAREHOUSE_LOCK_TIMEOUT` seconds, saying
-which process holds it, and then fails with that process named: nothing is written until the lock is its own.
+The raw log is not in the file but beside it (warehouse/segment_log.py); the file shows it as views, made before
+each dbt build. DuckDB lets one process write a file (or several read it) at a time: a reader while `dbt build`
+holds the file waits for it up to `WAREHOUSE_LOCK_TIMEOUT` seconds, saying which process holds it, and then fails
+with that process named. Loads never wait: they write the log's files only.
 """
 
 from __future__ import annotations
@@ -10,16 +11,14 @@ from __future__ import annotations
 import re
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
-from postmodern.config import LogTables
-from postmodern.warehouse import LOG_TABLE_COLUMNS, WarehouseError
+from postmodern.warehouse import WarehouseError
+from postmodern.warehouse.segment_log import RAW_STORED, SegmentLog, document_from_json_sql
 
-TYPES = {"text": "varchar", "bigint": "bigint", "date": "date", "document": "variant", "double": "double"}
 LOCK_POLL_SECONDS = 0.25
 LOCK_HOLDER = re.compile(r"Conflicting lock is held in .*?\(PID (\d+)\)")
 
@@ -90,44 +89,40 @@ class DuckDBWarehouse:
         except duckdb.Error as error:
             raise WarehouseError(f"DuckDB warehouse {self.path} does not answer: {error}") from error
 
-    def ensure_raw_tables(self, tables: LogTables) -> None:
+    def create_log_views(self, log: SegmentLog) -> None:
+        """Show the raw log's tables as views over its segments (moving a log kept in this file there first)."""
         self.connection.execute(f'create schema if not exists "{self.schema}"')
-        for role, name in asdict(tables).items():
-            columns = ", ".join(f"{column} {TYPES[kind]}" for column, kind in LOG_TABLE_COLUMNS[role])
-            self.connection.execute(f"create table if not exists {self.qualified(name)} ({columns})")
-        self._migrate_json_raw_data(tables.raw)
+        self._move_log_tables_to_segments(log)
+        for name, sql in log.view_sql().items():
+            self.connection.execute(f"create or replace view {self.qualified(name)} as {sql}")
 
-    def _migrate_json_raw_data(self, raw_table: str) -> None:
-        """Logs written before raw_data became a VARIANT held JSON text: convert them once, in place."""
-        (kind,) = self.connection.sql(
-            "select data_type from information_schema.columns where lower(table_schema) = lower(?) "
-            "and lower(table_name) = lower(?) and column_name = 'raw_data'",
-            params=[self.schema, raw_table],
-        ).fetchall()[0]
-        if kind != "VARIANT":
-            self.connection.execute(
-                f"alter table {self.qualified(raw_table)} alter raw_data type variant using cast(raw_data as json)"
-            )
-
-    def staging_connection(self) -> duckdb.DuckDBPyConnection:
-        return self.connection  # stage next to the log: appending is then a local INSERT ... SELECT
-
-    def document_sql(self, struct_sql: str) -> str:
-        return f"cast({struct_sql} as variant)"
-
-    def append_queries(self, staging: duckdb.DuckDBPyConnection, selects: dict[str, str]) -> dict[str, int]:
-        rows = {}
+    def _move_log_tables_to_segments(self, log: SegmentLog) -> None:
+        """Logs written before the segments were tables of this file: move their loads out, once, in place."""
+        tables = log.tables
+        stored = {
+            row[0]
+            for row in self.connection.sql(
+                "select table_name from information_schema.tables where lower(table_schema) = lower(?) "
+                "and table_type = 'BASE TABLE'",
+                params=[self.schema],
+            ).fetchall()
+        }
+        if tables.loads not in stored:
+            return
+        roles = {tables.raw: "raw", tables.catalog: "catalog", tables.quarantine: "quarantine"}
+        for name in stored & set(roles):
+            select = f"select * exclude (etl_timestamp, api_key) from {self.qualified(name)}"
+            if roles[name] == "raw":  # the document (a VARIANT, or JSON text in older logs) as the segments keep it
+                keys = ", ".join(f"document.{column}" for column, _ in RAW_STORED[2:])
+                document = document_from_json_sql("cast(raw_data as json)")
+                select = f"""select etl_id, event_type, event_date, {keys}
+                             from (select *, {document} as document from {self.qualified(name)})"""
+            log.adopt_rows(self.connection, name, select)
+        log.adopt_ledger(self.connection.sql(f"select * from {self.qualified(tables.loads)}").to_arrow_table())
         self.connection.begin()
-        try:
-            for table, select in selects.items():
-                rows[table] = self.connection.execute(
-                    f"insert into {self.qualified(table)} by name {select}"
-                ).fetchall()[0][0]
-            self.connection.commit()
-        except BaseException:
-            self.connection.rollback()
-            raise
-        return rows
+        for name in stored & {*roles, tables.loads}:
+            self.connection.execute(f"drop table {self.qualified(name)}")
+        self.connection.commit()
 
     def query(self, sql: str, parameters: list | None = None) -> pa.Table:
         try:

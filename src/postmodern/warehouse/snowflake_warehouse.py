@@ -1,20 +1,23 @@
 """The warehouse at scale: Snowflake, through its Python connector (optional extra `snowflake`).
 
-A load's rows are checked in a local DuckDB, bulk-loaded with `write_pandas` (stage + COPY) into temporary
-tables, then moved into the log inside one transaction, so a load is all or nothing, as on DuckDB.
+The raw log is tables here. A load's rows are checked in a local DuckDB, bulk-loaded with `write_pandas` (stage +
+COPY) into temporary tables, then moved into the log with the ledger's row inside one transaction, so a load is
+all or nothing, as on DuckDB. The ledger's `etl_timestamp` is taken inside that transaction.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import asdict
+from pathlib import Path
 
 import duckdb
 import orjson
 import pyarrow as pa
 
 from postmodern.config import LogTables, Settings
-from postmodern.warehouse import LOG_TABLE_COLUMNS, WarehouseError
+from postmodern.warehouse import BROWSING_KEYS, LOAD_COLUMNS, LOG_TABLE_COLUMNS, SEARCH_KEYS, WarehouseError
 
 TYPES = {"text": "varchar", "bigint": "number", "date": "date", "document": "variant", "double": "float"}
 LOAD_BATCH_ROWS = 1_000_000
@@ -30,6 +33,11 @@ def _connector():
         ) from error
     snowflake.connector.paramstyle = "qmark"
     return snowflake.connector
+
+
+def _json_document(keys: tuple[str, ...]) -> str:
+    values = {key: "epoch_ms_value" if key == "server_timestamp_epoch_ms" else key for key in keys}
+    return f"to_json(struct_pack({', '.join(f'{key} := {value}' for key, value in values.items())}))"
 
 
 class SnowflakeWarehouse:
@@ -71,6 +79,7 @@ class SnowflakeWarehouse:
         self._execute("select 1").fetchone()
 
     def ensure_raw_tables(self, tables: LogTables) -> None:
+        self.tables = tables
         self._execute(f"create schema if not exists {self.schema}")
         for role, name in asdict(tables).items():
             columns = ", ".join(f"{column} {TYPES[kind]}" for column, kind in LOG_TABLE_COLUMNS[role])
@@ -81,21 +90,36 @@ class SnowflakeWarehouse:
             self._staging = duckdb.connect()  # in memory: rows are checked locally, then bulk-loaded
         return self._staging
 
-    def document_sql(self, struct_sql: str) -> str:
-        return f"to_json({struct_sql})"  # uploaded as text, made a VARIANT by parse_json on the way in
+    def event_columns_sql(self) -> str:
+        # the document as JSON text, made a VARIANT by parse_json on the way in
+        search, browsing = _json_document(SEARCH_KEYS), _json_document(BROWSING_KEYS)
+        return (
+            "event_type, cast(epoch_ms(epoch_ms_value) as date) as event_date, session_id_hash, "
+            f"case when event_type = 'search' then {search} else {browsing} end as raw_data"
+        )
 
-    def append_queries(self, staging: duckdb.DuckDBPyConnection, selects: dict[str, str]) -> dict[str, int]:
+    def append_load(
+        self,
+        staging: duckdb.DuckDBPyConnection,
+        etl_id: str,
+        api_key: str,
+        rows: dict[str, str | Path],
+        ledger: dict[str, object],
+    ) -> int:
         from snowflake.connector.pandas_tools import write_pandas
 
+        roles = {name: role for role, name in asdict(self.tables).items()}  # set by ensure_raw_tables
         # Stage every table first (write_pandas: PUT + COPY into temporary tables; its DDL commits), then move
         # all rows into the log inside one transaction.
-        uploaded: dict[str, tuple[str, list[str], int]] = {}
-        for table, select in selects.items():
+        uploaded: dict[str, tuple[str, list[str]]] = {}
+        for table, source in rows.items():
+            stored = [column for column, _ in LOG_TABLE_COLUMNS[roles[table]] if column not in LOAD_COLUMNS]
+            scan = f"read_parquet('{source}/*.parquet')" if isinstance(source, Path) else f"({source})"
+            select = f"select {', '.join(stored)} from {scan}"
             temporary = f"POSTMODERN_LOAD_{uuid.uuid4().hex[:12].upper()}"
-            columns, rows = [], 0
             for batch in staging.sql(select).to_arrow_reader(LOAD_BATCH_ROWS):
                 frame = batch.to_pandas()
-                frame.columns = columns = [name.upper() for name in frame.columns]
+                frame.columns = [name.upper() for name in frame.columns]
                 write_pandas(
                     self.connection,
                     frame,
@@ -105,22 +129,30 @@ class SnowflakeWarehouse:
                     table_type="temporary",
                     quote_identifiers=False,
                 )
-                rows += batch.num_rows
-            uploaded[table] = (temporary, columns, rows)
+                uploaded[table] = (temporary, [name.upper() for name in stored])
         self._execute("begin")
         try:
-            for table, (temporary, columns, rows) in uploaded.items():
-                if rows:
-                    select = ", ".join("parse_json(RAW_DATA)" if c == "RAW_DATA" else c for c in columns)
-                    self._execute(
-                        f"insert into {self.qualified(table)} ({', '.join(columns)}) "
-                        f"select {select} from {self.schema}.{temporary}"
-                    )
+            etl_timestamp = int(time.time() * 1000)
+            load = "?, ?, ?"
+            for table, (temporary, columns) in uploaded.items():
+                select = ", ".join("parse_json(RAW_DATA)" if c == "RAW_DATA" else c for c in columns)
+                self._execute(
+                    f"insert into {self.qualified(table)} (ETL_ID, ETL_TIMESTAMP, API_KEY, {', '.join(columns)}) "
+                    f"select {load}, {select} from {self.schema}.{temporary}",
+                    [etl_id, etl_timestamp, api_key],
+                )
+            row = {**ledger, "etl_id": etl_id, "etl_timestamp": etl_timestamp, "api_key": api_key}
+            columns = [column for column, _ in LOG_TABLE_COLUMNS["loads"]]
+            self._execute(
+                f"insert into {self.qualified(self.tables.loads)} ({', '.join(columns)}) "
+                f"values ({', '.join('?' for _ in columns)})",
+                [row[column] for column in columns],
+            )
             self._execute("commit")
         except BaseException:
             self._execute("rollback")
             raise
-        return {table: rows for table, (_, _, rows) in uploaded.items()}
+        return etl_timestamp
 
     def query(self, sql: str, parameters: list | None = None) -> pa.Table:
         """The rows as Arrow, as DuckDB gives them: columns named in lower case (Snowflake upper-cases unquoted
