@@ -2,6 +2,7 @@
 
 {%- if is_incremental() %}
     {%- set staged_until = newest_value(this, 'etl_timestamp') %}
+    {%- set new_loads = loads_committed_after(staged_until) %}
 {%- endif %}
 
 {#- The events are read more than once below (to find repeated keys, then to pass events through), so their
@@ -27,7 +28,7 @@
         from {{ source('coveo', 'events_raw') }}
         {% if is_incremental() %}
         -- only the loads that arrived since the last build: history is never re-read
-        where etl_timestamp > {{ staged_until }}
+        where etl_timestamp > {{ staged_until }} and {{ new_loads }}
         {% endif %}
     ) as renamed
 {% endset %}
