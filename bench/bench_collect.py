@@ -118,9 +118,12 @@ def raw_log_counts(workdir: Path) -> tuple[int, int]:
     return row["events"], row["distinct_events"]
 
 
+# A build that runs to the end exits 0; its failed data tests are printed (the bench's events are of SKUs no
+# catalogue lists, which the data-quality gate rightly flags), not an error of running at once.
 DBT_BUILD = (
     "from postmodern.config import load_settings; from postmodern.transform.dbt_runner import run_dbt_build; "
-    "build = run_dbt_build(load_settings()); assert not build.failed_tests, build.failed_tests"
+    "build = run_dbt_build(load_settings()); "
+    "print('failed tests:', [test.unique_id.split('.')[2] for test in build.failed_tests])"
 )
 LOCK_WORDS = ("Conflicting lock", "in use by")  # DuckDB's words, and the warehouse's while it waits
 
@@ -164,6 +167,7 @@ def together_run(workdir: Path, port: int, rate: int, batch: int, seconds: float
     bulk_events = int(outcomes["load"][0].split("loaded ")[1].split(" events")[0].replace(",", ""))
     events, distinct = raw_log_counts(workdir)
     rebuild = subprocess.run([sys.executable, "-c", DBT_BUILD], env=env, capture_output=True, text=True)
+    failed_tests = next((line for line in outcomes["dbt"][0].splitlines() if line.startswith("failed tests:")), None)
     staged = duckdb_count(workdir, "stg_browsing_events")
     texts = [out + err for out, err, _ in outcomes.values()] + [(workdir / "collector.log").read_text(errors="replace")]
     return {
@@ -173,6 +177,7 @@ def together_run(workdir: Path, port: int, rate: int, batch: int, seconds: float
         "failed_collector_loads": int(failed_loads),
         "bulk_load_exit": outcomes["load"][2],
         "dbt_build_exit": outcomes["dbt"][2],
+        "dbt_build_failed_tests": failed_tests,
         "lock_errors": sum(text.count(word) for text in texts for word in LOCK_WORDS),
         "bulk_events": bulk_events,
         "acknowledged": int(accepted),
@@ -196,7 +201,7 @@ def duckdb_count(workdir: Path, model: str) -> int:
 def crash_run(workdir: Path, port: int, batch: int) -> dict:
     """Clients post while the collector is killed and restarted; every batch is retried until answered."""
     collector = start_collector(workdir, port)
-    sent_before = raw_log_counts(workdir)[0] if (workdir / "warehouse.duckdb").exists() else 0
+    sent_before = raw_log_counts(workdir)[0] if (workdir / "warehouse_log").exists() else 0
     stop_at = time.monotonic() + 8
     answered: list[int] = []
 

@@ -33,6 +33,9 @@ def load_segments(stage: EventStage, settings: Settings, on_load=None) -> int:
         outcome, summary = "loaded", None
         try:
             raw_log = connect_log(settings)
+            # a micro-batch is small: one DuckDB thread, which inherits this thread's lower priority, leaves the
+            # other core to acknowledgements
+            raw_log.staging_connection().execute("set threads = 1")
             try:
                 summary = load_source(raw_log, settings, segment.path, "events", progress=False)
             finally:
