@@ -474,3 +474,33 @@ def test_a_log_kept_in_the_warehouse_file_moves_to_segments_once_with_its_ledger
     kinds = warehouse.sql("select table_name, table_type from information_schema.tables").fetchall()
     warehouse.close()
     assert {kind for _, kind in kinds} == {"VIEW"} and len(kinds) == 4
+
+
+def test_commits_are_stamped_in_order_and_abandoned_folders_go_after_a_day(tmp_path, monkeypatch):
+    from postmodern.warehouse.segment_log import SegmentLog
+
+    settings = make_settings(tmp_path)
+    raw_log = SegmentLog(settings.log_directory, settings.sf_schema, settings.log_tables)
+    raw_log.ensure_raw_tables(settings.log_tables)
+    ledger = {
+        "source_kind": "events",
+        "source_path": "p",
+        "fingerprint": "f",
+        "events": 0,
+        "sessions": 0,
+        "quarantined": 0,
+        "products": 0,
+        "seconds": 0.0,
+    }
+    monkeypatch.setattr("postmodern.warehouse.segment_log.time.time", lambda: 1_700_000_000.0)
+    stamps = [raw_log.append_load(raw_log.connection, f"load-{n}", "k", {}, ledger) for n in range(3)]
+    assert stamps == [1_700_000_000_000, 1_700_000_000_001, 1_700_000_000_002]  # a clock that stands still
+    killed = raw_log.root / settings.sf_table / "etl_id=killed-before-its-commit"
+    killed.mkdir()
+    raw_log.ensure_raw_tables(settings.log_tables)
+    assert killed.exists()  # it may be a load still writing
+    os.utime(killed, (1_699_900_000, 1_699_900_000))  # more than a day before the (standing) clock
+    raw_log.ensure_raw_tables(settings.log_tables)
+    assert not killed.exists() and (raw_log.root / settings.sf_table / "etl_id=none").exists()
+    assert [row["etl_id"] for row in rows(settings, "loads")] == ["load-0", "load-1", "load-2"]
+    raw_log.close()

@@ -136,7 +136,7 @@ class SegmentLog:
             for table, source in rows.items():
                 target = incoming / table
                 if isinstance(source, Path):
-                    source.rename(target)
+                    shutil.move(source, target)  # a rename on the same file system
                 else:
                     self._write_segment(staging, source, target)
             for table in rows:
