@@ -256,7 +256,7 @@ def load_source(
                 print(f"appending {counts['events']:,} events to {log.qualified(tables.raw)} ...", flush=True)
             log.append_load(engine, etl_id, settings.application_api_key, rows, ledger)
         finally:
-            temporary = [f"sessions_{tag}", f"kept_{tag}", f"catalog_{tag}"]
+            temporary = [f"kept_{tag}", f"catalog_{tag}"]
             for table in temporary + [f"{rejects}_lines" for rejects, _ in staged.rejects_tables]:
                 engine.execute(f"drop table if exists {table}")
     return LoadSummary(
