@@ -93,7 +93,7 @@ def load_rows(settings, folder, rows, **options):
 
 def write_into_load(settings, etl_id, document, name="other_writer", event_type="event_product"):
     """Another writer's event in a load's raw-log folder: its document as JSON text."""
-    log = SegmentLog(settings.log_directory, settings.sf_schema, settings.log_tables)
+    log = SegmentLog.of(settings)
     folder = log.root / settings.sf_table / f"etl_id={etl_id}"
     folder.mkdir(exist_ok=True)
     keys = ", ".join(f"document.{column}" for column, _ in RAW_STORED[2:])
@@ -111,7 +111,7 @@ def shift_ledger(settings, milliseconds):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    path = SegmentLog(settings.log_directory, settings.sf_schema, settings.log_tables).ledger_path
+    path = SegmentLog.of(settings).ledger_path
     ledger = pq.read_table(path)
     column = ledger.schema.get_field_index("etl_timestamp")
     pq.write_table(ledger.set_column(column, "etl_timestamp", pc.add(ledger["etl_timestamp"], milliseconds)), path)

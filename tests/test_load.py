@@ -480,7 +480,7 @@ def test_commits_are_stamped_in_order_and_abandoned_folders_go_after_a_day(tmp_p
     from postmodern.warehouse.segment_log import SegmentLog
 
     settings = make_settings(tmp_path)
-    raw_log = SegmentLog(settings.log_directory, settings.sf_schema, settings.log_tables)
+    raw_log = SegmentLog.of(settings)
     raw_log.ensure_raw_tables(settings.log_tables)
     ledger = {
         "source_kind": "events",

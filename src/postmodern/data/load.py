@@ -303,8 +303,8 @@ def _check(
     plain_ids: bool,
     progress: bool,
 ) -> CheckedRows:
-    """Read, check and write the source's rows in one pass: the valid ones as the log stores them (and with a
-    session limit each one's session and line), the invalid ones with their reason and raw line."""
+    """Read, check and write the source's rows in one pass: the valid ones as the log stores them (with a session
+    limit, each one's line too), the invalid ones with their reason and raw line."""
     reason = event_reason_sql(check_characters=not plain_ids)
     reason = f"coalesce(source_reason, {reason})" if staged.source_reasons else reason
     # with a session limit, each valid row's line too

@@ -139,7 +139,7 @@ def connect_log(settings: Settings) -> RawLog:
         return SnowflakeWarehouse(settings)
     from postmodern.warehouse.segment_log import SegmentLog
 
-    return SegmentLog(settings.log_directory, settings.sf_schema, settings.log_tables)
+    return SegmentLog.of(settings)
 
 
 def show_log_in_warehouse(settings: Settings) -> None:
@@ -147,7 +147,7 @@ def show_log_in_warehouse(settings: Settings) -> None:
     from postmodern.warehouse.duckdb_warehouse import DuckDBWarehouse
     from postmodern.warehouse.segment_log import SegmentLog
 
-    log = SegmentLog(settings.log_directory, settings.sf_schema, settings.log_tables)
+    log = SegmentLog.of(settings)
     warehouse = DuckDBWarehouse(settings.duckdb_path, settings.sf_schema, lock_timeout=settings.warehouse_lock_timeout)
     try:
         log.ensure_raw_tables(settings.log_tables)

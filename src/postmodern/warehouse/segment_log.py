@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from postmodern.config import LogTables
+from postmodern.config import LogTables, Settings
 from postmodern.files import sync_directory
 from postmodern.warehouse import BROWSING_KEYS, LOAD_COLUMNS, LOG_TABLE_COLUMNS, SEARCH_KEYS, WarehouseError
 
@@ -82,6 +82,11 @@ class SegmentLog:
         self.connection.execute(f'create schema "{schema}"')
         if self.ledger_path.exists():
             self._create_views(self.connection)
+
+    @classmethod
+    def of(cls, settings: Settings) -> SegmentLog:
+        """The raw log of the embedded warehouse that `settings` describe."""
+        return cls(settings.log_directory, settings.sf_schema, settings.log_tables)
 
     # -- the Warehouse protocol ---------------------------------------------------------------------------------
     def qualified(self, table: str) -> str:
