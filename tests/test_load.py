@@ -504,3 +504,17 @@ def test_commits_are_stamped_in_order_and_abandoned_folders_go_after_a_day(tmp_p
     assert not killed.exists() and (raw_log.root / settings.sf_table / "etl_id=none").exists()
     assert [row["etl_id"] for row in rows(settings, "loads")] == ["load-0", "load-1", "load-2"]
     raw_log.close()
+
+
+def test_first_loads_at_once_create_the_log_tables_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from postmodern.warehouse.segment_log import SegmentLog
+
+    settings = make_settings(tmp_path)
+    logs = [SegmentLog.of(settings) for _ in range(8)]  # each holds its own lock file handle, as processes do
+    with ThreadPoolExecutor(len(logs)) as pool:
+        list(pool.map(lambda log: log.ensure_raw_tables(settings.log_tables), logs))
+    for table in (settings.sf_table, f"{settings.sf_table}_QUARANTINE"):
+        assert [p.name for p in (logs[0].root / table).iterdir()] == ["etl_id=none"]
+    assert rows(settings, "loads") == []

@@ -97,19 +97,24 @@ class SegmentLog:
 
     def ensure_raw_tables(self, tables: LogTables) -> None:
         assert tables == self.tables, "a segment log holds the tables it was opened with"
-        for role, name in asdict(tables).items():
+        if not self.ledger_path.exists():
+            with self._commit_lock():  # two first loads at once: one creates the tables, the other finds them
+                if not self.ledger_path.exists():
+                    self._create_raw_tables()
+        self._create_views(self.connection)
+        self._remove_abandoned()
+
+    def _create_raw_tables(self) -> None:
+        """Each table's empty segment (so that its view has its columns before any load), then the empty ledger,
+        which comes last: a crash in between leaves no ledger, and the next load starts over."""
+        for role, name in asdict(self.tables).items():
             if role == "loads":
                 continue
             empty = self.root / name / EMPTY_SEGMENT
-            if not empty.exists():
-                columns = ", ".join(f"cast(null as {kind}) as {column}" for column, kind in self._stored(role))
-                self._write_segment(self.connection, f"select {columns} limit 0", empty)
-        if not self.ledger_path.exists():
-            with self._commit_lock():
-                if not self.ledger_path.exists():
-                    self._replace_ledger(LEDGER_SCHEMA.empty_table())
-        self._create_views(self.connection)
-        self._remove_abandoned()
+            shutil.rmtree(empty, ignore_errors=True)
+            columns = ", ".join(f"cast(null as {kind}) as {column}" for column, kind in self._stored(role))
+            self._write_segment(self.connection, f"select {columns} limit 0", empty)
+        self._replace_ledger(LEDGER_SCHEMA.empty_table())
 
     def staging_connection(self) -> duckdb.DuckDBPyConnection:
         return self.connection
