@@ -24,8 +24,8 @@ time each, up to the first that misses p99 < 50 ms, has an error, or falls 5% be
 maximum sustainable rate. wrk and the server share this machine's two cores.
 
 Before the load, the served ranking is compared with the exact one on 5,000 test cases (`ranking_recall`: the
-share of the exact top 20 served, and HR@20 / MRR@20 of both), since a large catalogue is ranked with a rougher
-product first (see `model/lstm.py`).
+share of the exact top 20 served, and HR@20 / MRR@20 of both), since a serving pass at a large catalogue is ranked
+from candidates that an index retrieves, with the softmax's tail estimated (see `model/lstm.py`).
 
 The last line printed is one JSON object with the figures and the profile's target (`small`: p99 < 5 ms at
 2,000 requests/s; `coveo-full`: p99 < 10 ms at 1,000 requests/s; no error, a top-20 overlap of 0.99 or more),

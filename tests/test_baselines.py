@@ -171,3 +171,15 @@ def test_cooccurrence_gives_a_few_prefixes_the_probabilities_of_its_sparse_produ
     many = ranker.probabilities(prefixes * 5)  # one sparse product
     np.testing.assert_allclose(few, many[: len(prefixes)], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(few.sum(axis=1), 1.0, rtol=1e-5)
+    # a blend's candidate pass holds the same probabilities, row by row, and a row's 200 most probable as candidates
+    ranked = ranker.candidate_pass(prefixes, k=20)
+    for row in range(len(prefixes)):
+        scored = np.flatnonzero(few[row])
+        np.testing.assert_array_equal(ranked.candidates(row, whole=True), scored)
+        items = np.arange(1, few.shape[1])
+        np.testing.assert_allclose(ranked.probabilities(row, items), few[row, 1:], rtol=1e-6, atol=1e-9)
+        assert ranked.total(row) == pytest.approx(1.0) and ranked.bound(row) == 0.0  # fewer than 200: all candidates
+    ranked.count = 3  # only the 3 most probable: the others score at most the 4th's probability
+    top = np.sort(few[0])[::-1]
+    assert set(ranked.candidates(0).tolist()) == set(np.argsort(-few[0])[:3].tolist())
+    assert ranked.bound(0) == pytest.approx(top[3])

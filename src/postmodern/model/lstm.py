@@ -14,7 +14,8 @@ catalogue (full softmax) or the targets against a shared sample of negatives (sa
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -27,20 +28,20 @@ from postmodern.model.dataset import PADDING_ID
 from postmodern.model.ranker import (
     Ranker,
     RankerState,
-    RoughProbabilities,
-    best_first,
-    largest,
-    mark_unrankable,
+    top_of_candidates,
 )
 
 # From this many items, the product of a session's state with every output vector is most of the cost of ranking
-# it, and it is bound by how fast the vectors are read from memory (a GB/s budget this machine's neighbours share):
-# ranking takes it from int8 vectors (a quarter of the bytes) on oneDNN's prepacked weights (`RoughProduct`). That
-# rough product only chooses each row's best RESCORED_CANDIDATES, which are then scored again in float32: the
-# ranking is the float32 model's, and only the unlikely tail's share of the softmax stays rough
-# (bench/bench_serving.py measures it).
-ROUGH_PRODUCT_MIN_ITEMS = 16_384
-RESCORED_CANDIDATES = 200
+# it in a serving pass (a few sessions): it reads the whole output layer from memory for each pass. Such passes take
+# their candidates from an inverted-file index of the output vectors instead (`CandidateIndex`): the items of highest
+# logit, which are then scored exactly, beside the latest item's pairs. Larger batches (evaluation) take the product,
+# which BLAS runs at full speed on many rows.
+CANDIDATE_INDEX_MIN_ITEMS = 16_384
+CANDIDATE_PASS_MAX_ROWS = 32
+RETRIEVED_CANDIDATES = 200
+# The softmax's denominator over the items not scored exactly is estimated from a fixed sample of each of the index's
+# lists (a stratified sample: a list near the query holds far more of the mass than one far away)
+TAIL_SAMPLE_PER_LIST = 16
 
 
 @dataclass
@@ -344,11 +345,11 @@ class LSTMRanker(Ranker):
         self.output_columns = np.ascontiguousarray(array(model.output_weight).T)  # [embedding, n_items]
         self.output_bias = array(model.output_bias)
         self.output_bias[PADDING_ID] = -np.inf
-        self.rough_product = self.output_rows = None
-        if self.n_items >= ROUGH_PRODUCT_MIN_ITEMS:
+        self.output_rows = None
+        self._candidate_index: CandidateIndex | None = None
+        if self.n_items >= CANDIDATE_INDEX_MIN_ITEMS:
             # the vectors as rows too, to score candidates: gathering 200 rows costs a fifteenth of 200 columns
             self.output_rows = array(model.output_weight)  # [n_items, embedding]
-            self.rough_product = RoughProduct(torch.from_numpy(self.output_rows))
         threadpool_limits(limits=1, user_api="blas")
 
     def state(self) -> RankerState:
@@ -407,8 +408,7 @@ class LSTMRanker(Ranker):
     def probabilities(self, prefixes: list[np.ndarray]) -> np.ndarray:
         """[batch, n_items] next-item probabilities after each (non-empty) prefix's last item; padding is 0."""
         queries, latest = self.queries(prefixes)
-        probabilities, *_ = self.mixture(queries @ self.output_columns, queries, latest)
-        return probabilities
+        return self.mixture(queries @ self.output_columns, queries, latest)
 
     def queries(self, prefixes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """[batch, embedding] each session's state in the item space, and [batch] its latest item."""
@@ -426,28 +426,24 @@ class LSTMRanker(Ranker):
             in_item_space = unit_rows(in_item_space) * self.scale
         return in_item_space, latest
 
-    def mixture(
-        self, products: np.ndarray, queries: np.ndarray, latest: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def mixture(self, products: np.ndarray, queries: np.ndarray, latest: np.ndarray) -> np.ndarray:
         """The probabilities from the products of the queries with the output vectors, in place: the softmax, mixed
-        with the latest item's pairs. Also each row's largest logit, the softmax's denominator less it, and the
-        pairs' gate."""
+        with the latest item's pairs."""
         logits = products
         logits += self.output_bias
-        largest = logits.max(axis=1)
-        logits -= largest[:, None]  # exp cannot overflow
+        logits -= logits.max(axis=1)[:, None]  # exp cannot overflow
         probabilities = np.exp(logits, out=logits)
         denominators = probabilities.sum(axis=1)
         gates = self.pair_gates(queries, latest)
         if not self.mixes_pairs:
             probabilities /= denominators[:, None]
-            return probabilities, largest, denominators, gates
+            return probabilities
         probabilities *= ((1.0 - gates) / denominators)[:, None]
         begins, ends = self.pair_starts[latest], self.pair_starts[latest + 1]
         for row, (begin, end) in enumerate(zip(begins.tolist(), ends.tolist(), strict=True)):
             if end > begin:
                 probabilities[row, self.pair_next[begin:end]] += self.pair_frequencies[begin:end] * gates[row]
-        return probabilities, largest, denominators, gates
+        return probabilities
 
     def pair_gates(self, queries: np.ndarray, latest: np.ndarray) -> np.ndarray:
         """[batch] the weight of the latest item's pairs in the mixture (0 where it has none, or no pairs at all)."""
@@ -457,143 +453,171 @@ class LSTMRanker(Ranker):
         has_pairs = self.pair_starts[latest + 1] > self.pair_starts[latest]
         return np.where(has_pairs, 1.0 / (1.0 + np.exp(-gate_logits)), 0.0).astype(np.float32)
 
-    def item_logits(self, queries: np.ndarray, columns: np.ndarray) -> np.ndarray:
-        """[batch, c] the exact logits of each row's `columns` (item ids, c per row; a large catalogue's)."""
-        return self.output_bias[columns] + np.matmul(self.output_rows[columns], queries[:, :, None])[:, :, 0]
+    @property
+    def candidate_index(self) -> CandidateIndex:
+        """The output vectors' index, made on first use (a serving model's warm-up ranking makes it)."""
+        if self._candidate_index is None:
+            # sample queries: the states after one item, of the most popular and of others
+            rng = np.random.default_rng(0)
+            items = np.concatenate([np.arange(1, 257), rng.integers(257, self.n_items, size=256)])
+            queries, _ = self.queries([items[i : i + 1] for i in range(len(items))])
+            self._candidate_index = CandidateIndex(self.output_rows, self.output_bias, queries, RETRIEVED_CANDIDATES)
+        return self._candidate_index
 
-    def mixed(
-        self, latest: np.ndarray, columns: np.ndarray, logits: np.ndarray, largest, denominators, gates
-    ) -> np.ndarray:
-        """[batch, c] the probabilities of each row's `columns` from their `logits`, the row's softmax denominator
-        (of the logits less `largest`) and its pairs' gate, as `mixture` made them."""
-        probabilities = np.exp(logits - largest[:, None]) * ((1.0 - gates) / denominators)[:, None]
-        if self.mixes_pairs:
-            begins, ends = self.pair_starts[latest], self.pair_starts[latest + 1]
-            for row, (begin, end) in enumerate(zip(begins.tolist(), ends.tolist(), strict=True)):
-                if end > begin:  # an item's pairs are sorted by the next item
-                    following = self.pair_next[begin:end]
-                    at = np.minimum(np.searchsorted(following, columns[row]), len(following) - 1)
-                    found = following[at] == columns[row]
-                    probabilities[row, found] += self.pair_frequencies[begin:end][at[found]] * gates[row]
-        return probabilities
-
-    def rough_ranking(self, prefixes: list[np.ndarray], exclude_seen: bool) -> RoughRanking:
-        """A rough product (see ROUGH_PRODUCT_MIN_ITEMS) and each row's best `RESCORED_CANDIDATES` scored again
-        in float32. The seen items (with `exclude_seen`) and padding are below every item (-1)."""
-        ranking = self.rough_scores(prefixes)
-        rough = ranking.probabilities
-        mark_unrankable(rough, prefixes, exclude_seen)
-        rows = np.arange(len(rough))[:, None]
-        ranking.candidates = largest(rough, RESCORED_CANDIDATES)
-        ranking.scores = ranking.exact(ranking.candidates)
-        ranking.scores[rough[rows, ranking.candidates] < 0] = -1.0  # padding and seen items, among the candidates
-        return ranking
-
-    def rough_scores(self, prefixes: list[np.ndarray]) -> RoughRanking:
-        """The rough probabilities of every item (from the rough product), before any candidate is chosen."""
+    def candidate_pass(self, prefixes: list[np.ndarray], k: int) -> CandidatePass | None:
+        """For a serving pass at a large catalogue (a few prefixes, a large product's worth of items): the prefixes'
+        states, their retrieved candidates and their logits of the tail sample. None for other batches."""
+        if self.output_rows is None or len(prefixes) > CANDIDATE_PASS_MAX_ROWS or 2 * k > RETRIEVED_CANDIDATES:
+            return None
         queries, latest = self.queries(prefixes)
-        products = self.rough_product(torch.from_numpy(queries))
-        # a copy: `mixture` works in place, and `exact` reads the candidates' rough products
-        rough, largest, denominators, gates = self.mixture(products.numpy().copy(), queries, latest)
-        return RoughRanking(self, products, rough, queries, latest, largest, denominators, gates)
-
-    def rough_probabilities(self, prefixes: list[np.ndarray]) -> RoughProbabilities:
-        """At a large catalogue, the rough product's probabilities, and the float32 ones of given candidates."""
-        if self.rough_product is None:
-            return super().rough_probabilities(prefixes)
-        ranking = self.rough_scores(prefixes)
-        return RoughProbabilities(ranking.probabilities, ranking.exact)
+        retrieved = self.candidate_index.search(queries, RETRIEVED_CANDIDATES)
+        tail_logits = self.candidate_index.tail_logits(queries)
+        return CandidatePass(self, prefixes, queries, latest, self.pair_gates(queries, latest), retrieved, tail_logits)
 
     def rank_known(self, prefixes: list[np.ndarray], k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
-        """`rank`: in float32 for a small catalogue; else from `rough_ranking`."""
-        if self.rough_product is None or 2 * k > RESCORED_CANDIDATES:
+        """`rank`: from the whole catalogue's probabilities, or for a serving pass at a large catalogue from each
+        row's candidates (`candidate_pass`)."""
+        ranked = self.candidate_pass(prefixes, k)
+        if ranked is None:
             return super().rank_known(prefixes, k, exclude_seen)
-        ranking = self.rough_ranking(prefixes, exclude_seen)
-        rows = np.arange(len(prefixes))[:, None]
-        order = best_first(ranking.scores, ranking.candidates)[:, :k]
-        top_items, top_scores = ranking.candidates[rows, order], ranking.scores[rows, order]
-        if exclude_seen:  # each row's probabilities sum to 1: what is left is 1 less the seen items'
-            top_items[top_scores < 0] = PADDING_ID
-            seen = []
-            for row, prefix in enumerate(prefixes):
-                one = slice(row, row + 1)
-                items = np.unique(prefix)[None, :]
-                logits = self.item_logits(ranking.queries[one], items)
-                mixed = self.mixed(
-                    ranking.latest[one],
-                    items,
-                    logits,
-                    ranking.largest[one],
-                    ranking.denominators[one],
-                    ranking.gates[one],
-                )
-                seen.append(mixed.sum())
-            left = np.maximum(1.0 - np.array(seen, dtype=np.float32), 1e-30)[:, None]
-            top_scores = np.where(top_scores < 0, 0.0, top_scores / left)
-        return top_items, top_scores.astype(np.float32)
+        top_items = np.full((len(prefixes), k), PADDING_ID, dtype=np.int64)
+        top_scores = np.zeros((len(prefixes), k), dtype=np.float32)
+        for row, prefix in enumerate(prefixes):
+            items = ranked.candidates(row)
+            probabilities = ranked.probabilities(row, items)
+            top_items[row], top_scores[row] = top_of_candidates(items, probabilities, prefix, k, exclude_seen, 1.0)
+        return top_items, top_scores
 
 
-class RoughProduct:
-    """Queries [batch, embedding] times the output vectors [n_items, embedding], roughly: in int8 on oneDNN's
-    prepacked weights (AMX or VNNI where the CPU has them), each vector with its own scale, each query scaled into
-    uint8 on its own. Flat in cost up to a dozen queries, and under half the bfloat16 product's time for the one to
-    sixteen of a serving pass at 57,000 items (for four: 0.49 against 1.11 ms on the ranking thread's one core). Where
-    this torch has no oneDNN (some ARM builds), the product is taken in bfloat16."""
+class CandidateIndex:
+    """The items of highest logit (a query's product with an output vector, plus the item's bias) for a few queries,
+    from faiss's inverted-file index by inner product: the vectors, each with its bias appended, are clustered around
+    about sqrt(n) centroids, and a query reads only the lists of its best centroids. How many lists a query reads is
+    chosen when the index is made, on sample queries, as the fewest (doubling from a sixteenth) whose items hold
+    `CALIBRATION_RECALL` of the exact top 40: how far a model's vectors cluster is its own. The items that come back
+    are scored again exactly."""
 
-    def __init__(self, rows: torch.Tensor):
-        self.scales = rows.abs().amax(dim=1).clamp(min=1e-12) / 127
-        int8_rows = torch.round(rows / self.scales[:, None]).to(torch.int8).contiguous()  # prepacking reads it so
-        self.zero_points = torch.zeros(len(rows), dtype=torch.int64)
-        self.bfloat16_rows = None
-        try:
-            self.packed = torch.ops.onednn.qlinear_prepack(int8_rows, None)
-            self(torch.ones(1, rows.shape[1]))
-        except (AttributeError, RuntimeError, NotImplementedError):
-            self.bfloat16_rows = rows.to(torch.bfloat16).contiguous()
+    CALIBRATION_RECALL = 0.995
+    CALIBRATION_TOP = 40
 
-    def __call__(self, queries: torch.Tensor) -> torch.Tensor:
-        """[batch, n_items] float32."""
-        with torch.inference_mode():
-            if self.bfloat16_rows is not None:
-                return F.linear(queries.to(torch.bfloat16), self.bfloat16_rows).float()
-            query_scales = queries.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
-            quantized = (torch.round(queries / query_scales) + 128).to(torch.uint8)  # zero point 128
-            products = torch.ops.onednn.qlinear_pointwise(
-                quantized, 1.0, 128, self.packed, self.scales, self.zero_points,
-                None, 1.0, 0, torch.float32, "none", [None], "",
-            )  # fmt: skip
-            return products.mul_(query_scales)
+    def __init__(self, rows: np.ndarray, bias: np.ndarray, sample_queries: np.ndarray, count: int):
+        import faiss
+
+        vectors = np.ascontiguousarray(np.hstack([rows[1:], bias[1:, None]]), dtype=np.float32)  # not the padding
+        lists = max(1, round(np.sqrt(len(vectors))))
+        self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(vectors.shape[1]), vectors.shape[1], lists,
+                                        faiss.METRIC_INNER_PRODUCT)  # fmt: skip
+        self._single_threaded = faiss.omp_set_num_threads
+        self._single_threaded(1)
+        self.index.train(vectors)
+        self.index.add(vectors)
+        # each item's list (the padding's: none), each list's size, and the tail sample: a few items of each list
+        _, assigned = self.index.quantizer.search(vectors, 1)
+        self.item_lists = np.concatenate([[lists], assigned[:, 0]])
+        self.list_sizes = np.bincount(assigned[:, 0], minlength=lists + 1)
+        rng = np.random.default_rng(0)
+        members = np.split(np.argsort(assigned[:, 0], kind="stable") + 1, np.cumsum(self.list_sizes[:lists])[:-1])
+        self.tail_items = np.sort(np.concatenate([
+            rng.choice(items, min(len(items), TAIL_SAMPLE_PER_LIST), replace=False) for items in members
+        ]))  # fmt: skip
+        self.tail_lists = self.item_lists[self.tail_items]
+        self.tail_columns = np.ascontiguousarray(rows[self.tail_items].T)
+        self.tail_bias = bias[self.tail_items]
+        logits = self.with_bias(sample_queries) @ vectors.T
+        best = np.argpartition(-logits, self.CALIBRATION_TOP, axis=1)[:, : self.CALIBRATION_TOP] + 1
+        self.index.nprobe = max(1, lists // 16)
+        while self.index.nprobe < lists and self.recall(sample_queries, best, count) < self.CALIBRATION_RECALL:
+            self.index.nprobe = min(lists, 2 * self.index.nprobe)
+
+    def recall(self, queries: np.ndarray, best: np.ndarray, count: int) -> float:
+        """The share of each query's `best` items among the `count` it retrieves."""
+        retrieved = self.search(queries, count)
+        return float(np.mean([np.isin(b, r).mean() for b, r in zip(best, retrieved, strict=True)]))
+
+    @staticmethod
+    def with_bias(queries: np.ndarray) -> np.ndarray:
+        return np.hstack([queries, np.ones((len(queries), 1), dtype=np.float32)])
+
+    def tail_logits(self, queries: np.ndarray) -> np.ndarray:
+        """[batch, tail sample] the logits of the tail sample's items."""
+        return queries @ self.tail_columns + self.tail_bias
+
+    def tail_sum(self, items: np.ndarray, tail_logits: np.ndarray, shift: float) -> float:
+        """The softmax's terms (exp(logit - shift)) summed over the items not in `items` (sorted, distinct, no
+        padding), estimated list by list: the list's items less those, times the mean term of its sampled ones."""
+        at = np.minimum(np.searchsorted(items, self.tail_items), len(items) - 1)
+        outside = items[at] != self.tail_items
+        lists = self.tail_lists[outside]
+        sampled = np.bincount(lists, np.exp(tail_logits[outside] - shift), minlength=len(self.list_sizes))
+        counts = np.bincount(lists, minlength=len(self.list_sizes))
+        unscored = self.list_sizes - np.bincount(self.item_lists[items], minlength=len(self.list_sizes))
+        return float((unscored * sampled / np.maximum(counts, 1)).sum())
+
+    def search(self, queries: np.ndarray, count: int) -> np.ndarray:
+        """[batch, count] item ids, best first; -1 where fewer are found."""
+        self._single_threaded(1)  # OpenMP's thread count is the calling thread's own
+        _, positions = self.index.search(self.with_bias(queries), count)
+        return np.where(positions >= 0, positions + 1, -1)
 
 
 @dataclass
-class RoughRanking:
-    """`LSTMRanker.rough_scores`: the rough probabilities [batch, n_items] and what scoring items again in float32
-    takes; `rough_ranking` adds each row's candidates and their float32 probabilities [batch, RESCORED_CANDIDATES]."""
+class CandidatePass:
+    """`LSTMRanker.candidate_pass`: what scoring a row's candidates exactly takes."""
+
+    retrieves: ClassVar[bool] = True
+    _scales: dict[int, tuple[float, float]] = field(init=False, repr=False)
 
     ranker: LSTMRanker
-    products: torch.Tensor  # the rough product, [batch, n_items]
-    probabilities: np.ndarray
+    prefixes: list[np.ndarray]
     queries: np.ndarray
     latest: np.ndarray
-    largest: np.ndarray
-    denominators: np.ndarray
     gates: np.ndarray
-    candidates: np.ndarray | None = None
-    scores: np.ndarray | None = None
+    retrieved: np.ndarray
+    tail_logits: np.ndarray
 
-    def exact(self, candidates: np.ndarray) -> np.ndarray:
-        """[batch, c] the float32 probabilities of each row's `candidates` (distinct item ids); once per ranking. In
-        the softmax's denominator, the candidates' rough terms give way to their exact ones (the corrected one is
-        kept, to score other items alike); the rest of the catalogue, far less probable, keeps its rough terms."""
-        ranker, largest = self.ranker, self.largest
-        rows = np.arange(len(candidates))[:, None]
-        rough_logits = self.products[torch.from_numpy(rows), torch.from_numpy(candidates)].float().numpy()
-        rough_logits += ranker.output_bias[candidates]
-        exact_logits = ranker.item_logits(self.queries, candidates)
-        self.denominators = self.denominators + (
-            np.exp(exact_logits - largest[:, None]) - np.exp(rough_logits - largest[:, None])
-        ).sum(axis=1)
-        return ranker.mixed(self.latest, candidates, exact_logits, largest, self.denominators, self.gates)
+    def __post_init__(self) -> None:
+        self._scales = {}  # a row's shift and softmax denominator, once scored
+
+    def candidates(self, row: int, whole: bool = False) -> np.ndarray:
+        """The row's items worth scoring, sorted and distinct: those retrieved, the latest item's pairs, and the
+        prefix's own (whose share `exclude_seen` takes away)."""
+        ranker = self.ranker
+        found = [self.retrieved[row], self.prefixes[row]]
+        if ranker.mixes_pairs:
+            latest = self.latest[row]
+            found.append(ranker.pair_next[ranker.pair_starts[latest] : ranker.pair_starts[latest + 1]])
+        items = np.unique(np.concatenate(found))
+        return items[items > PADDING_ID]
+
+    def probabilities(self, row: int, items: np.ndarray) -> np.ndarray:
+        """The model's probabilities of `items` (sorted, distinct, no padding) as the next item of the row's prefix.
+        The softmax's denominator sums these items' terms exactly, and estimates the rest's from the tail sample."""
+        ranker, query = self.ranker, self.queries[row]
+        logits = ranker.output_bias[items] + ranker.output_rows[items] @ query
+        tail_logits = self.tail_logits[row]
+        shift = max(float(logits.max()), float(tail_logits.max()))
+        terms = np.exp(logits - shift)
+        tail = ranker.candidate_index.tail_sum(items, tail_logits, shift)
+        gate = float(self.gates[row])
+        self._scales[row] = shift, float(terms.sum() + tail)
+        probabilities = terms * ((1.0 - gate) / self._scales[row][1])
+        if ranker.mixes_pairs:
+            latest = self.latest[row]
+            pairs = slice(ranker.pair_starts[latest], ranker.pair_starts[latest + 1])
+            probabilities[np.searchsorted(items, ranker.pair_next[pairs])] += ranker.pair_frequencies[pairs] * gate
+        return probabilities
+
+    def bound(self, row: int) -> float:
+        """The probability of the retrieved item of lowest logit, as `probabilities` last scaled the row: an item not
+        retrieved has a lower logit (as far as the index finds the best), and is no pair of the latest item."""
+        retrieved = self.retrieved[row][self.retrieved[row] > PADDING_ID]
+        ranker = self.ranker
+        lowest = float((ranker.output_bias[retrieved] + ranker.output_rows[retrieved] @ self.queries[row]).min())
+        shift, denominator = self._scales[row]
+        return (1.0 - float(self.gates[row])) * float(np.exp(lowest - shift)) / denominator
+
+    def total(self, row: int) -> float:
+        return 1.0
 
 
 def times(rows: np.ndarray, matrix: torch.Tensor) -> np.ndarray:

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -61,13 +60,23 @@ class RankerState:
         return sum(array.nbytes for array in self.arrays.values()) + sum(part.nbytes for part in self.parts)
 
 
-@dataclass
-class RoughProbabilities:
-    """[batch, n_items] probabilities to choose candidates from and, where they are rough, `exact`: the exact
-    probabilities [batch, c] of each row's c candidates (distinct item ids). Without it, they are exact."""
+class CandidateScores(Protocol):
+    """A ranker's scores of a pass's prefixes, row by row, on items a blend chooses."""
 
-    probabilities: np.ndarray
-    exact: Callable[[np.ndarray], np.ndarray] | None = None
+    retrieves: bool  # whether its candidates include the row's best items (else only those it scores above zero)
+
+    def candidates(self, row: int, whole: bool = False) -> np.ndarray:
+        """The row's items worth scoring, sorted and distinct, no padding (with `whole`, every item it scores above
+        zero, where it can tell)."""
+
+    def bound(self, row: int) -> float:
+        """The highest probability that an item which is not among the row's candidates can have."""
+
+    def probabilities(self, row: int, items: np.ndarray) -> np.ndarray:
+        """The row's probabilities of `items` (sorted, distinct, no padding)."""
+
+    def total(self, row: int) -> float:
+        """The row's probabilities summed over the whole catalogue."""
 
 
 class Ranker(ABC):
@@ -116,10 +125,10 @@ class Ranker(ABC):
             items[rows], scores[rows] = self.rank_known([prefixes[row] for row in rows], k, exclude_seen)
         return items, scores
 
-    def rough_probabilities(self, prefixes: list[np.ndarray]) -> RoughProbabilities:
-        """What a blend of this family ranks from: `probabilities`, or (a family that ranks a large catalogue
-        from a rough computation) rough ones and the exact ones of the candidates chosen from them."""
-        return RoughProbabilities(self.probabilities(prefixes))
+    def candidate_pass(self, prefixes: list[np.ndarray], k: int) -> CandidateScores | None:
+        """Scores of a few items per prefix, for a blend that ranks a serving pass from candidates; None where this
+        ranker has no such scores (it ranks from the whole catalogue's probabilities)."""
+        return None
 
     def rank_known(self, prefixes: list[np.ndarray], k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
         """`rank` for at most `batch_size` non-empty prefixes, from the dense probabilities."""
@@ -141,6 +150,23 @@ def top_k(
         left = np.maximum(probabilities, 0.0).sum(axis=1, keepdims=True)
         top_probabilities = np.where(top_probabilities < 0, 0.0, top_probabilities / np.maximum(left, 1e-30))
     return top_items, top_probabilities.astype(np.float32)
+
+
+def top_of_candidates(
+    items: np.ndarray, scores: np.ndarray, prefix: np.ndarray, k: int, exclude_seen: bool, total: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of a row's candidates (sorted distinct items, the prefix's among them): [k] items and scores,
+    padding after the last. With `exclude_seen` the prefix's items are left out and the scores are shares of what
+    is left of `total` (the row's scores over the whole catalogue)."""
+    if exclude_seen:
+        seen = np.isin(items, prefix)
+        total -= float(scores[seen].sum())
+        items, scores = items[~seen], scores[~seen] / max(total, 1e-30)
+    order = best_first(scores[None, :], items[None, :])[0, :k]
+    top_items = np.full(k, PADDING_ID, dtype=np.int64)
+    top_scores = np.zeros(k, dtype=np.float32)
+    top_items[: len(order)], top_scores[: len(order)] = items[order], scores[order]
+    return top_items, top_scores
 
 
 def best_first(scores: np.ndarray, items: np.ndarray) -> np.ndarray:

@@ -5,6 +5,8 @@ most popular items they did not score, so that every ranker always returns k ite
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -13,6 +15,7 @@ from postmodern.model.dataset import PADDING_ID
 from postmodern.model.ranker import Ranker
 
 SCORE_STEPS = 2**40 - 1
+CANDIDATES_PER_ROW = 200  # a row's most probable items that a blend ranks from (see `SparsePass`)
 
 
 class SparseRanker(Ranker):
@@ -38,6 +41,9 @@ class SparseRanker(Ranker):
         rows = np.repeat(np.arange(scored.shape[0]), np.diff(scored.indptr))
         mixed[rows, scored.indices] += weight * scored.data
 
+    def candidate_pass(self, prefixes: list[np.ndarray], k: int) -> SparsePass:
+        return SparsePass.of(normalised_rows(self.score_chunk(prefixes)), k)
+
     def rank_known(self, prefixes: list[np.ndarray], k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
         """The top k of the sparse scores, as probabilities (of the items not in the prefix, with `exclude_seen`)."""
         scores = self.score_chunk(prefixes).tocsr()
@@ -45,6 +51,51 @@ class SparseRanker(Ranker):
         if seen is not None:
             scores = scores - scores.multiply(seen)
         return sparse_top_k(normalised_rows(scores), k, self.popular, seen)
+
+
+@dataclass
+class SparsePass:
+    """A sparse ranker's probabilities of a pass's prefixes, as the arrays of a CSR matrix (each row's items sorted
+    and distinct, its probabilities summing to 1, or nothing), row by row on the items a blend chooses. Its
+    candidates are a row's `count` most probable items (all it scores, with `whole`)."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    count: int
+    retrieves: ClassVar[bool] = False
+
+    @classmethod
+    def of(cls, scored: sp.csr_matrix, k: int) -> SparsePass:
+        """From scores as `normalised_rows` leaves them, for a top k."""
+        return cls(scored.indptr, scored.indices, scored.data, max(2 * k, CANDIDATES_PER_ROW))
+
+    def _row(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        span = slice(self.indptr[row], self.indptr[row + 1])
+        return self.indices[span], self.data[span]
+
+    def candidates(self, row: int, whole: bool = False) -> np.ndarray:
+        items, probabilities = self._row(row)
+        if whole or len(items) <= self.count:
+            return items
+        return np.sort(items[probabilities.argpartition(-self.count)[-self.count :]])
+
+    def bound(self, row: int) -> float:
+        """The highest probability of an item that is not a candidate."""
+        _, probabilities = self._row(row)
+        if len(probabilities) <= self.count:
+            return 0.0
+        return float(np.partition(probabilities, -self.count - 1)[-self.count - 1])
+
+    def probabilities(self, row: int, items: np.ndarray) -> np.ndarray:
+        scored, probabilities = self._row(row)
+        if not len(scored):
+            return np.zeros(len(items), dtype=np.float32)
+        at = np.minimum(np.searchsorted(scored, items), len(scored) - 1)
+        return np.where(scored[at] == items, probabilities[at], 0.0).astype(np.float32)
+
+    def total(self, row: int) -> float:
+        return float(self._row(row)[1].sum())
 
 
 def normalised_rows(scores: sp.csr_matrix) -> sp.csr_matrix:

@@ -17,12 +17,11 @@ import numpy as np
 
 from postmodern.model.dataset import PADDING_ID, UNKNOWN_ID, SessionSplits
 from postmodern.model.families.base import Family, FitContext, Fitted
-from postmodern.model.ranker import Ranker, RankerState, best_first, largest, mark_unrankable, top_k
+from postmodern.model.ranker import CandidateScores, Ranker, RankerState, top_k, top_of_candidates
 from postmodern.model.sparse import SparseRanker
 
 WEIGHT_STEP = 0.1
 SEARCH_CHUNK = 512  # validation cases whose dense probabilities are held at once, per part
-RESCORED_CANDIDATES = 200  # the rough mixture's best, scored again exactly (as an LSTM ranks a large catalogue)
 # Items that no part scores (only a sparse family's rows have such zeros) follow popularity, as each family's own
 # ranking does; far below any score a part gives.
 POPULARITY_TIE_BREAK = 1e-9
@@ -40,46 +39,54 @@ class BlendRanker(Ranker):
         shares = self.train_counts / max(int(self.train_counts.sum()), 1)
         self.tie_break = (shares * POPULARITY_TIE_BREAK).astype(np.float32)
         self.tie_break[PADDING_ID] = 0.0
+        self.tie_break_total, self.tie_break_max = float(self.tie_break.sum()), float(self.tie_break.max())
 
     def probabilities(self, prefixes: list[np.ndarray]) -> np.ndarray:
-        mixed = np.tile(self.tie_break, (len(prefixes), 1))
-        for part, weight in zip(self.parts, self.weights, strict=True):
-            mixed += weight * part.probabilities(prefixes)
-        return mixed
+        return self.mixed_probabilities(prefixes)
 
     def rank_known(self, prefixes: list[np.ndarray], k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
-        """From the parts' rough probabilities (a large catalogue's LSTM): the mixture's best `RESCORED_CANDIDATES`
-        are chosen from them once, and the rough parts score those again exactly; the ranking is the exact
-        mixture's wherever its top k is among them. Parts that are all exact: the dense mixture's top k."""
+        """The dense mixture's top k (a sparse part added only where it scores). A serving pass at a large catalogue
+        is ranked from candidates instead, when every part can score some (see `Ranker.candidate_pass`) and one
+        retrieves each row's best: a row's candidates are every part's, and every part scores all of them."""
+        passes = [part.candidate_pass(prefixes, k) for part in self.parts]
+        if any(ranked is None for ranked in passes) or not any(ranked.retrieves for ranked in passes):
+            return top_k(self.mixed_probabilities(prefixes), prefixes, k, exclude_seen)
+        top_items = np.empty((len(prefixes), k), dtype=np.int64)
+        top_scores = np.empty((len(prefixes), k), dtype=np.float32)
+        for row, prefix in enumerate(prefixes):
+            items, scores, total = self._scored_candidates(passes, row, prefix)
+            rankable = scores if not exclude_seen else scores[~np.isin(items, prefix)]
+            kth = np.partition(rankable, -k)[-k] if len(rankable) >= k else 0.0
+            # an item that is no part's candidate scores at most every part's bound: if the k-th best candidate may
+            # score less, the sparse parts give all the items they score (a rare, long row)
+            bounds = [weight * ranked.bound(row) for weight, ranked in zip(self.weights, passes, strict=True)]
+            if kth < self.tie_break_max + sum(bounds):
+                items, scores, total = self._scored_candidates(passes, row, prefix, whole=True)
+            top_items[row], top_scores[row] = top_of_candidates(items, scores, prefix, k, exclude_seen, total)
+        return top_items, top_scores
+
+    def _scored_candidates(
+        self, passes: list[CandidateScores], row: int, prefix: np.ndarray, whole: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """A row's candidates (every part's, and the prefix's items), their mixed scores and the row's total."""
+        items = np.unique(np.concatenate([prefix, *(ranked.candidates(row, whole) for ranked in passes)]))
+        items = items[items > PADDING_ID]
+        scores = self.tie_break[items].copy()
+        total = self.tie_break_total
+        for weight, ranked in zip(self.weights, passes, strict=True):
+            scores += weight * ranked.probabilities(row, items)
+            total += weight * ranked.total(row)
+        return items, scores, total
+
+    def mixed_probabilities(self, prefixes: list[np.ndarray]) -> np.ndarray:
+        """`probabilities`, with each sparse part added only where it scores."""
         mixed = np.tile(self.tie_break, (len(prefixes), 1))
-        rough_parts = []
         for part, weight in zip(self.parts, self.weights, strict=True):
-            if isinstance(part, SparseRanker):  # where it scores: a few thousand items a row, not the catalogue
+            if isinstance(part, SparseRanker):  # a few thousand items a row, not the catalogue
                 part.add_probabilities(prefixes, mixed, weight)
-                continue
-            rough = part.rough_probabilities(prefixes)
-            rough.probabilities *= weight
-            mixed += rough.probabilities
-            if rough.exact is not None:
-                rough_parts.append((weight, rough))
-        if not rough_parts or 2 * k > RESCORED_CANDIDATES:
-            return top_k(mixed, prefixes, k, exclude_seen)
-        mark_unrankable(mixed, prefixes, exclude_seen)
-        rows = np.arange(len(prefixes))[:, None]
-        candidates = largest(mixed, RESCORED_CANDIDATES)
-        scores = mixed[rows, candidates]
-        excluded = scores < 0
-        for weight, rough in rough_parts:  # each rough part's weighted share of a candidate, made exact
-            scores += weight * rough.exact(candidates) - rough.probabilities[rows, candidates]
-        scores[excluded] = -1.0
-        order = best_first(scores, candidates)[:, :k]
-        top_items, top_scores = candidates[rows, order], scores[rows, order]
-        if exclude_seen:  # each row's scores over what is left (its rough tail as it is)
-            top_items[top_scores < 0] = PADDING_ID
-            exactly = np.maximum(scores, 0.0) - np.maximum(mixed[rows, candidates], 0.0)
-            left = np.maximum(mixed, 0.0).sum(axis=1) + exactly.sum(axis=1)
-            top_scores = np.where(top_scores < 0, 0.0, top_scores / np.maximum(left, 1e-30)[:, None])
-        return top_items, top_scores.astype(np.float32)
+            else:
+                mixed += weight * part.probabilities(prefixes)
+        return mixed
 
     def state(self) -> RankerState:
         return RankerState(

@@ -11,7 +11,14 @@ import scipy.sparse as sp
 from postmodern.model.dataset import SessionSplits
 from postmodern.model.families.base import Family, FitContext
 from postmodern.model.ranker import Ranker, RankerState
-from postmodern.model.sparse import SparseRanker, csr_arrays, csr_from_arrays, prefix_positions
+from postmodern.model.sparse import (
+    CANDIDATES_PER_ROW,
+    SparsePass,
+    SparseRanker,
+    csr_arrays,
+    csr_from_arrays,
+    prefix_positions,
+)
 
 WEIGHTINGS = ("last", "div")
 FEW_PREFIXES = 16  # or fewer: probabilities gathered from the rows of `transitions`, without a sparse product
@@ -27,6 +34,7 @@ class CooccurrenceRanker(SparseRanker):
         if params["weighting"] not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, not {params['weighting']!r}")
         self.transitions = transitions.tocsr()
+        self.transitions.sort_indices()  # a row's items in order, as a candidate pass gives them
 
     @classmethod
     def from_sessions(
@@ -64,6 +72,21 @@ class CooccurrenceRanker(SparseRanker):
         votes *= weight / np.where(totals > 0, totals, 1.0)[vote_rows]
         cells = vote_rows * self.n_items + transitions.indices[positions]
         mixed += np.bincount(cells, votes, minlength=mixed.size).reshape(mixed.shape).astype(np.float32)
+
+    def candidate_pass(self, prefixes: list[np.ndarray], k: int) -> SparsePass:
+        """With one voting item per prefix (the latest), its rows of `transitions` as they are (normalised, sorted)."""
+        rows, items, _ = self.votes(prefixes)
+        if len(items) != len(prefixes):
+            return super().candidate_pass(prefixes, k)
+        indptr = self.transitions.indptr
+        spans = [slice(indptr[item], indptr[item + 1]) for item in items[np.argsort(rows)].tolist()]
+        row_sizes = [span.stop - span.start for span in spans]
+        return SparsePass(
+            np.concatenate([[0], np.cumsum(row_sizes)]),
+            np.concatenate([self.transitions.indices[span] for span in spans]),
+            np.concatenate([self.transitions.data[span] for span in spans]),
+            max(2 * k, CANDIDATES_PER_ROW),
+        )
 
     def score_chunk(self, prefixes: list[np.ndarray]) -> sp.csr_matrix:
         rows, items, weights = self.votes(prefixes)
