@@ -495,3 +495,21 @@ def test_a_serving_pass_at_a_large_catalogue_ranks_from_candidates_as_the_whole_
             assert_scores_near(items, scores, exact_items, exact_scores)
             if exclude_seen:
                 assert not any(set(row) & set(p.tolist()) for row, p in zip(items.tolist(), prefixes, strict=True))
+    # a sparse part offering only its 2 best (for a top 1): where the best could lose to an item no part offered (it
+    # ties with the sparse part's 3rd), the row takes all the sparse part scores, and the top 1 stays the exact one
+    monkeypatch.setattr("postmodern.model.sparse.CANDIDATES_PER_ROW", 1)
+    latest_only = CooccurrenceRanker.from_sessions(sessions, counts, weighting="last")  # ties among a row's best
+    blend = BlendRanker([other, latest_only], [0.3, 0.7], counts)
+    whole_rows = []
+    scored_candidates = blend._scored_candidates
+    monkeypatch.setattr(
+        blend,
+        "_scored_candidates",
+        lambda *a, whole=False: whole_rows.append(whole) or scored_candidates(*a, whole=whole),
+    )
+    items = np.concatenate([blend.rank(prefixes[i : i + 2], 3)[0] for i in range(0, 300, 2)])
+    exact_items, _ = top_k(blend.probabilities(prefixes), prefixes, 3, False)
+    assert 0 < sum(whole_rows) < 300
+    assert (
+        np.mean([len(set(a) & set(b)) for a, b in zip(items.tolist(), exact_items.tolist(), strict=True)]) / 3 >= 0.995
+    )

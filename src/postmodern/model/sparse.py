@@ -68,7 +68,7 @@ class SparsePass:
     @classmethod
     def of(cls, scored: sp.csr_matrix, k: int) -> SparsePass:
         """From scores as `normalised_rows` leaves them, for a top k."""
-        return cls(scored.indptr, scored.indices, scored.data, max(2 * k, CANDIDATES_PER_ROW))
+        return cls(scored.indptr, scored.indices, scored.data, candidate_count(k))
 
     def _row(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         span = slice(self.indptr[row], self.indptr[row + 1])
@@ -96,6 +96,11 @@ class SparsePass:
 
     def total(self, row: int) -> float:
         return float(self._row(row)[1].sum())
+
+
+def candidate_count(k: int) -> int:
+    """How many of a row's most probable items a sparse part offers a blend for a top k."""
+    return max(2 * k, CANDIDATES_PER_ROW)
 
 
 def normalised_rows(scores: sp.csr_matrix) -> sp.csr_matrix:

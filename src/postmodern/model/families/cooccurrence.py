@@ -12,9 +12,9 @@ from postmodern.model.dataset import SessionSplits
 from postmodern.model.families.base import Family, FitContext
 from postmodern.model.ranker import Ranker, RankerState
 from postmodern.model.sparse import (
-    CANDIDATES_PER_ROW,
     SparsePass,
     SparseRanker,
+    candidate_count,
     csr_arrays,
     csr_from_arrays,
     prefix_positions,
@@ -85,7 +85,7 @@ class CooccurrenceRanker(SparseRanker):
             np.concatenate([[0], np.cumsum(row_sizes)]),
             np.concatenate([self.transitions.indices[span] for span in spans]),
             np.concatenate([self.transitions.data[span] for span in spans]),
-            max(2 * k, CANDIDATES_PER_ROW),
+            candidate_count(k),
         )
 
     def score_chunk(self, prefixes: list[np.ndarray]) -> sp.csr_matrix:
