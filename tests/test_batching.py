@@ -3,7 +3,9 @@ alone."""
 
 import asyncio
 import threading
+from dataclasses import replace
 
+import pytest
 import torch
 from serving_support import small_bundle
 
@@ -37,6 +39,16 @@ def alone(recommender: CountingRecommender, sessions, k, exclude_seen):
     return SessionRecommender.recommend(recommender, sessions, k, exclude_seen)
 
 
+def assert_as_if_alone(answers, expected):
+    """The same recommendations; a score may differ in its last bit, as BLAS's products of a batch and of one row
+    may (a batch of four and a row alone do on AVX2-only CPUs)."""
+    for got, wanted in zip(answers, expected, strict=True):
+        for recommendation, alone_one in zip(got, wanted, strict=True):
+            assert [sku for sku, _ in recommendation.items] == [sku for sku, _ in alone_one.items]
+            assert [score for _, score in recommendation.items] == pytest.approx([s for _, s in alone_one.items])
+            assert replace(recommendation, items=[]) == replace(alone_one, items=[])
+
+
 def test_requests_read_together_are_ranked_in_one_pass_each_as_if_alone():
     recommender, threads = CountingRecommender("v1"), torch.get_num_threads()
     requests = [
@@ -52,7 +64,7 @@ def test_requests_read_together_are_ranked_in_one_pass_each_as_if_alone():
         return await asyncio.gather(*(batching.rank(recommender, *request) for request in requests))
 
     answers = asyncio.run(together())
-    assert answers == [alone(recommender, *request) for request in requests]
+    assert_as_if_alone(answers, [alone(recommender, *request) for request in requests])
     # one pass per exclude_seen, with the largest k asked, on the ranking thread
     assert sorted((len(sessions), k, exclude_seen) for sessions, k, exclude_seen, _ in recommender.passes) == [
         (2, 5, True),
@@ -110,7 +122,7 @@ def test_requests_that_arrive_while_a_pass_ranks_wait_and_are_ranked_in_the_next
 
     answers = asyncio.run(while_busy())
     assert [len(sessions) for sessions, *_ in recommender.passes] == [1, 3]
-    assert answers == [alone(recommender, [[sku]], 3, False) for sku in ("sku1", "sku2", "sku3", "sku4")]
+    assert_as_if_alone(answers, [alone(recommender, [[sku]], 3, False) for sku in ("sku1", "sku2", "sku3", "sku4")])
 
 
 def test_a_large_request_is_ranked_alone_in_a_thread_and_holds_up_no_small_one():
@@ -127,7 +139,7 @@ def test_a_large_request_is_ranked_alone_in_a_thread_and_holds_up_no_small_one()
     passes = {len(sessions): thread for sessions, _, _, thread in recommender.passes}
     assert set(passes) == {4, 1}
     assert passes[1].startswith("ranking") and not passes[4].startswith("ranking")
-    assert answers == [alone(recommender, large, 2, False), alone(recommender, [["sku7"]], 2, False)]
+    assert_as_if_alone(answers, [alone(recommender, large, 2, False), alone(recommender, [["sku7"]], 2, False)])
 
 
 def test_a_failed_pass_fails_its_own_requests_only():
