@@ -15,7 +15,6 @@ catalogue (full softmax) or the targets against a shared sample of negatives (sa
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -564,7 +563,6 @@ class CandidateIndex:
 class CandidatePass:
     """`LSTMRanker.candidate_pass`: what scoring a row's candidates exactly takes."""
 
-    retrieves: ClassVar[bool] = True
     _scales: dict[int, tuple[float, float]] = field(init=False, repr=False)
 
     ranker: LSTMRanker

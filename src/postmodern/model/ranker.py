@@ -63,8 +63,6 @@ class RankerState:
 class CandidateScores(Protocol):
     """A ranker's scores of a pass's prefixes, row by row, on items a blend chooses."""
 
-    retrieves: bool  # whether its candidates include the row's best items (else only those it scores above zero)
-
     def candidates(self, row: int, whole: bool = False) -> np.ndarray:
         """The row's items worth scoring, sorted and distinct, no padding (with `whole`, every item it scores above
         zero, where it can tell)."""

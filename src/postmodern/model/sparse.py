@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -63,7 +62,6 @@ class SparsePass:
     indices: np.ndarray
     data: np.ndarray
     count: int
-    retrieves: ClassVar[bool] = False
 
     @classmethod
     def of(cls, scored: sp.csr_matrix, k: int) -> SparsePass:

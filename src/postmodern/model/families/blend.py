@@ -46,10 +46,10 @@ class BlendRanker(Ranker):
 
     def rank_known(self, prefixes: list[np.ndarray], k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
         """The dense mixture's top k (a sparse part added only where it scores). A serving pass at a large catalogue
-        is ranked from candidates instead, when every part can score some (see `Ranker.candidate_pass`) and one
-        retrieves each row's best: a row's candidates are every part's, and every part scores all of them."""
-        passes = [part.candidate_pass(prefixes, k) for part in self.parts]
-        if any(ranked is None for ranked in passes) or not any(ranked.retrieves for ranked in passes):
+        is ranked from candidates instead, when its parts have them (see `_candidate_passes`): a row's candidates are
+        every part's, and every part scores all of them."""
+        passes = self._candidate_passes(prefixes, k)
+        if passes is None:
             return top_k(self.mixed_probabilities(prefixes), prefixes, k, exclude_seen)
         top_items = np.empty((len(prefixes), k), dtype=np.int64)
         top_scores = np.empty((len(prefixes), k), dtype=np.float32)
@@ -64,6 +64,18 @@ class BlendRanker(Ranker):
                 items, scores, total = self._scored_candidates(passes, row, prefix, whole=True)
             top_items[row], top_scores[row] = top_of_candidates(items, scores, prefix, k, exclude_seen, total)
         return top_items, top_scores
+
+    def _candidate_passes(self, prefixes: list[np.ndarray], k: int) -> list[CandidateScores] | None:
+        """Every part's candidate pass, when the parts that are not sparse all have one (they retrieve each row's
+        best: a sparse part offers only what it scores); else None. The sparse parts' are made only then."""
+        dense = {
+            i: part.candidate_pass(prefixes, k)
+            for i, part in enumerate(self.parts)
+            if not isinstance(part, SparseRanker)
+        }
+        if not dense or any(ranked is None for ranked in dense.values()):
+            return None
+        return [dense[i] if i in dense else part.candidate_pass(prefixes, k) for i, part in enumerate(self.parts)]
 
     def _scored_candidates(
         self, passes: list[CandidateScores], row: int, prefix: np.ndarray, whole: bool = False
