@@ -51,15 +51,18 @@ def test_events_are_acknowledged_checked_deduplicated_and_loaded_once_with_bad_o
         "clicked_skus_hash": ["sku1"],
         "product_skus_hash": ["sku1", "sku2"],
     }
+    whole_float = event(6, product_sku_hash="skü6", server_timestamp_epoch_ms=float(T0 + 6))  # JSON's 1.6e15
     batch = [event(1), event(2), event(3, event_type="click"), {**event(4), "event_id": ""}, search, "oops"]
+    batch += [whole_float, event(7, product_action=True)]
     with TestClient(create_collector(settings)) as client:
         first = client.post("/events", json={"events": batch})
         assert first.status_code == 200
-        assert first.json()["accepted"] == 3 and first.json()["duplicates"] == 0
+        assert first.json()["accepted"] == 4 and first.json()["duplicates"] == 0
         assert [(r["index"], r["reason"]) for r in first.json()["rejected"]] == [
             (2, "unknown event_type"),
             (3, "missing event id"),
             (5, "event is not a JSON object"),
+            (7, "product_action is not text"),
         ]
         again = client.post("/events", json={"events": batch[:2] + [search, event(5)]}).json()
         assert again == {"accepted": 1, "duplicates": 3, "rejected": []}
@@ -73,22 +76,46 @@ def test_events_are_acknowledged_checked_deduplicated_and_loaded_once_with_bad_o
     raw = sorted(
         (json.loads(row["raw_data"]) for row in log_rows(settings)), key=lambda e: e["server_timestamp_epoch_ms"]
     )
-    assert [e.get("product_sku_hash") for e in raw] == ["sku1", "sku2", "sku5", None]
-    assert raw[3]["event_type"] == "search" and json.loads(raw[3]["product_skus_hash"]) == ["sku1", "sku2"]
+    assert [e.get("product_sku_hash") for e in raw] == ["sku1", "sku2", "sku5", "skü6", None]
+    assert raw[3]["server_timestamp_epoch_ms"] == T0 + 6  # a whole number, whatever its JSON form
+    assert raw[4]["event_type"] == "search" and json.loads(raw[4]["product_skus_hash"]) == ["sku1", "sku2"]
     quarantine = log_rows(settings, "quarantine")
     assert sorted(row["reason"] for row in quarantine) == [
         "event is not a JSON object",
         "missing event id",
+        "product_action is not text",
         "unknown event_type",
     ]
     ledger = log_rows(settings, "loads")
-    assert {row["source_kind"] for row in ledger} == {"events"} and sum(row["events"] for row in ledger) == 4
+    assert {row["source_kind"] for row in ledger} == {"events"} and sum(row["events"] for row in ledger) == 5
     assert len({row["etl_id"] for row in log_rows(settings)}) == len(ledger)  # one etl_id per micro-batch
-    assert 'postmodern_collector_events_total{outcome="accepted"} 4.0' in metrics
+    assert 'postmodern_collector_events_total{outcome="accepted"} 5.0' in metrics
     assert 'postmodern_collector_events_total{outcome="duplicate"} 3.0' in metrics
-    assert 'postmodern_collector_events_total{outcome="rejected"} 3.0' in metrics
-    assert "postmodern_collector_flushed_events_total 7.0" in metrics  # the refused ones reached the quarantine
+    assert 'postmodern_collector_events_total{outcome="rejected"} 4.0' in metrics
+    assert "postmodern_collector_flushed_events_total 9.0" in metrics  # the refused ones reached the quarantine
     assert "postmodern_collector_staged_events 0.0" in metrics
+
+
+def test_a_shop_page_may_post_events_from_an_allowed_origin_only(tmp_path):
+    """Requests without an Origin skip the middleware stack; a browser's go through its CORS middleware."""
+    settings = make_settings(
+        tmp_path, collect_dir=tmp_path / "stage", collect_flush_seconds=3600, collect_allowed_origins="http://shop"
+    )
+    with TestClient(create_collector(settings)) as client:
+        shop = client.post("/events", json={"events": [event(1)]}, headers={"Origin": "http://shop"})
+        assert shop.json()["accepted"] == 1 and shop.headers["access-control-allow-origin"] == "http://shop"
+        other = client.post("/events", json={"events": [event(2)]}, headers={"Origin": "http://elsewhere"})
+        assert "access-control-allow-origin" not in other.headers  # the browser keeps the answer from the page
+        preflight = client.options(
+            "/events",
+            headers={"Origin": "http://shop", "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "Content-Type"},
+        )  # fmt: skip
+        assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "http://shop"
+        server = client.post("/events", json={"events": [event(3), event(1)]})  # no Origin: a server, an SDK
+        assert server.json() == {"accepted": 1, "duplicates": 1, "rejected": []}
+        assert "access-control-allow-origin" not in server.headers
+        assert client.post("/events", content=b"[1,").status_code == 400
 
 
 def test_a_full_stage_answers_429_with_retry_after_and_keeps_nothing_of_the_request(tmp_path):

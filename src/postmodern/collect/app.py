@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import orjson
@@ -11,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from starlette.types import Receive, Scope, Send
 
 from postmodern.collect.flush import Flusher
 from postmodern.collect.stage import EventStage, StageFull
@@ -57,7 +59,29 @@ class CollectorMetrics:
             self.flushed.inc(events)
 
 
-def create_collector(settings: Settings) -> FastAPI:
+class CollectorApp(FastAPI):
+    """FastAPI, with `POST /events` from a client that sends no Origin header (a server, an SDK, a load generator)
+    answered ahead of the middleware stack, which costs a third of such a request's time on the event loop. A
+    browser's request carries an Origin and takes the stack, whose CORS middleware answers it."""
+
+    post_events: Callable[[Request], Awaitable[Response]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        direct = (
+            self.post_events is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] == "/events"
+            and all(name != b"origin" for name, _ in scope["headers"])
+        )
+        if not direct:
+            await super().__call__(scope, receive, send)
+            return
+        response = await self.post_events(Request(scope, receive))
+        await response(scope, receive, send)
+
+
+def create_collector(settings: Settings) -> CollectorApp:
     state: dict = {}
 
     @asynccontextmanager
@@ -79,7 +103,7 @@ def create_collector(settings: Settings) -> FastAPI:
         flusher.stop()
         stage.close()
 
-    app = FastAPI(title="postmodern collector", lifespan=lifespan)
+    app = CollectorApp(title="postmodern collector", lifespan=lifespan)
     # Shop pages post from their own origin (the demo page at /demo of the model server, say)
     origins = [origin.strip() for origin in settings.collect_allowed_origins.split(",") if origin.strip()]
     app.add_middleware(
@@ -116,6 +140,8 @@ def create_collector(settings: Settings) -> FastAPI:
         return JSONResponse(
             {"accepted": verdict.accepted, "duplicates": verdict.duplicates, "rejected": verdict.rejected}
         )
+
+    app.post_events = events
 
     @app.get("/ping")
     def ping() -> dict:

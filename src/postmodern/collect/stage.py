@@ -227,11 +227,11 @@ class EventStage:
         lines, verdicts, accepted_ids = [], [], set()
         for request, _ in group:
             verdict = Verdict()
-            for index, (event_id, fields, reason) in enumerate(next(checked) for _ in request):
+            for index, (event_id, line, reason) in enumerate(next(checked) for _ in request):
                 if reason is None and (event_id in self.seen or event_id in accepted_ids):
                     verdict.duplicates += 1
                     continue
-                lines.append(staged_line(event_id, fields, reason))
+                lines.append(line)
                 if reason is None:
                     verdict.accepted += 1
                     accepted_ids.add(event_id)
@@ -251,37 +251,38 @@ class EventStage:
                 self.seal()
         return verdicts
 
-    def check(self, events: list) -> list[tuple[object, dict, str | None]]:
-        """Each event's id, its fields as staged, and its reason to be refused or None: the collector's own (an
-        object with an event id, fields of text), then the loader's rules, run by DuckDB over the group."""
-        checked = []
-        columns: dict[str, list] = {name: [] for name in EVENT_FIELDS}
-        for event in events:
-            reason, fields = None, {}
-            event_id = event.get("event_id") if isinstance(event, dict) else None
-            if not isinstance(event, dict):
-                reason, fields = "event is not a JSON object", {"session_id_hash": json.dumps(event)[:MAX_FIELD_LENGTH]}
-            elif not isinstance(event_id, str) or not event_id.strip():
-                reason = MISSING_ID
-            elif len(event_id) > MAX_FIELD_LENGTH:
-                reason = "oversized field"
-            if isinstance(event, dict):
-                for name in EVENT_FIELDS:
+    def check(self, events: list) -> list[tuple[object, bytes, str | None]]:
+        """Each event's id, its line as staged, and its reason to be refused or None: the collector's own (an
+        object with an event id, fields of text), then the loader's rules, run by DuckDB over the group, which also
+        writes the lines of the events it checks. The group's fields go to DuckDB a column at a time (pyarrow
+        converts a column of text, or of whole numbers, at once); a column of other values (SKU lists, values
+        that are not text) is converted value by value, and an event refused there is staged by Python."""
+        reasons = [own_reason(event) for event in events]
+        objects = [event if type(event) is dict else {} for event in events]
+        columns = {"event_id": [event.get("event_id") if reason is None else None for event, reason in zip(
+            objects, reasons, strict=True)]}  # fmt: skip
+        columns.update((name, [event.get(name) for event in objects]) for name in EVENT_FIELDS)
+        arrays = {}
+        for name, values in columns.items():
+            arrays[name] = text_array(values)
+            if arrays[name] is None:  # value by value
+                for index, value in enumerate(values):
                     try:
-                        fields[name] = staged_value(event.get(name), name)
+                        values[index] = staged_value(value, name)
                     except ValueError as error:
-                        reason = reason or str(error)
-                        fields[name] = json.dumps(event.get(name))
-            for name in EVENT_FIELDS:
-                columns[name].append(fields.get(name) if reason is None else None)
-            checked.append((event_id, fields, reason))
-        self.checker.register(
-            "batch", pa.table({name: pa.array(values, pa.string()) for name, values in columns.items()})
-        )
-        rules = self.checker.execute(f"select {event_reason_sql()} as reason from batch").fetchall()
+                        reasons[index] = reasons[index] or str(error)
+                        values[index] = None
+                arrays[name] = pa.array(values, pa.string())
+        self.checker.register("batch", pa.table(arrays))
+        ruled = self.checker.execute(
+            f"select collector_reason, to_json(event) from (select *, {event_reason_sql()} as collector_reason "
+            "from batch) event"
+        ).fetchall()
         return [
-            (event_id, fields, reason if reason is not None else rule)
-            for (event_id, fields, reason), (rule,) in zip(checked, rules, strict=True)
+            (staged.get("event_id"), staged_line(event, reason), reason)
+            if reason is not None
+            else (staged.get("event_id"), line.encode() + b"\n", rule)
+            for event, staged, reason, (rule, line) in zip(events, objects, reasons, ruled, strict=True)
         ]
 
     def close(self) -> None:
@@ -289,8 +290,43 @@ class EventStage:
             self.handle.close()
 
 
-def staged_line(event_id: object, fields: dict, reason: str | None) -> bytes:
-    """An event as a line of its segment: its id, its fields as text, and the reason it was refused."""
+def own_reason(event: object) -> str | None:
+    """Why the collector refuses an event before the loader's rules see it (not an object, no event id), or None."""
+    if type(event) is not dict:
+        return "event is not a JSON object"
+    event_id = event.get("event_id")
+    if not isinstance(event_id, str) or not event_id.strip():
+        return MISSING_ID
+    return "oversized field" if len(event_id) > MAX_FIELD_LENGTH else None
+
+
+def text_array(values: list) -> pa.Array | None:
+    """A column of text or of whole numbers (as digits) as a pyarrow string array, converted at once; None for any
+    other column (a float, a bool, a list or a mix among its values)."""
+    try:
+        array = pa.array(values)
+    except (pa.ArrowException, OverflowError):
+        return None
+    kind = array.type
+    if pa.types.is_string(kind) or pa.types.is_null(kind) or pa.types.is_integer(kind):
+        return array.cast(pa.string())
+    return None
+
+
+def staged_line(event: object, reason: str) -> bytes:
+    """A refused event as a line of its segment: its id, its fields as text (a value that is not, as JSON), and the
+    reason it was refused."""
+    if not isinstance(event, dict):
+        fields = {"session_id_hash": json.dumps(event)[:MAX_FIELD_LENGTH]}
+        event_id = None
+    else:
+        fields = {}
+        for name in EVENT_FIELDS:
+            try:
+                fields[name] = staged_value(event.get(name), name)
+            except ValueError:
+                fields[name] = json.dumps(event.get(name))
+        event_id = event.get("event_id")
     staged_id = event_id if isinstance(event_id, str) or event_id is None else json.dumps(event_id)
     return orjson.dumps({"event_id": staged_id, **fields, "collector_reason": reason}, option=orjson.OPT_APPEND_NEWLINE)
 
