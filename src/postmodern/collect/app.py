@@ -137,9 +137,8 @@ def create_collector(settings: Settings) -> CollectorApp:
         metrics.events.labels("accepted").inc(verdict.accepted)
         metrics.events.labels("duplicate").inc(verdict.duplicates)
         metrics.events.labels("rejected").inc(len(verdict.rejected))
-        return JSONResponse(
-            {"accepted": verdict.accepted, "duplicates": verdict.duplicates, "rejected": verdict.rejected}
-        )
+        answer = {"accepted": verdict.accepted, "duplicates": verdict.duplicates, "rejected": verdict.rejected}
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     app.post_events = events
 

@@ -32,8 +32,8 @@ from postmodern.data.sources import EVENT_FIELDS
 from postmodern.files import sync_directory
 
 GROUP_MAX_REQUESTS = 256  # requests committed by one fsync, at most
-# A group waits this long for more requests after its first: checking a group costs about 2 ms whatever its size
-# (DuckDB plans the loader's rules), so under load several requests share it, for a few ms of latency.
+# A group waits this long for more requests after its first: checking a group costs 2 to 10 ms whatever its size
+# (DuckDB plans and runs the loader's rules), so under load several requests share it, for a few ms of latency.
 GROUP_WINDOW_SECONDS = 0.005
 LIST_FIELDS = ("clicked_skus_hash", "product_skus_hash")  # lists of SKUs in search events, staged as JSON text
 MISSING_ID = "missing event id"
@@ -303,14 +303,12 @@ def own_reason(event: object) -> str | None:
 def text_array(values: list) -> pa.Array | None:
     """A column of text or of whole numbers (as digits) as a pyarrow string array, converted at once; None for any
     other column (a float, a bool, a list or a mix among its values)."""
+    if all(type(value) is int or value is None for value in values):
+        values = [None if value is None else str(value) for value in values]
     try:
-        array = pa.array(values)
-    except (pa.ArrowException, OverflowError):
+        return pa.array(values, pa.string())
+    except pa.ArrowException:
         return None
-    kind = array.type
-    if pa.types.is_string(kind) or pa.types.is_null(kind) or pa.types.is_integer(kind):
-        return array.cast(pa.string())
-    return None
 
 
 def staged_line(event: object, reason: str) -> bytes:
