@@ -14,8 +14,11 @@ from conftest import log_rows, make_settings
 from fastapi.testclient import TestClient
 from serving_support import ServerProcess
 
+from postmodern.collect import flush
 from postmodern.collect.app import create_collector
 from postmodern.collect.stage import EventStage
+from postmodern.data.load import load_source
+from postmodern.warehouse import WarehouseError, connect_log
 
 T0 = 1_600_000_000_000
 
@@ -94,6 +97,36 @@ def test_events_are_acknowledged_checked_deduplicated_and_loaded_once_with_bad_o
     assert 'postmodern_collector_events_total{outcome="rejected"} 4.0' in metrics
     assert "postmodern_collector_flushed_events_total 9.0" in metrics  # the refused ones reached the quarantine
     assert "postmodern_collector_staged_events 0.0" in metrics
+
+
+def test_a_load_that_fails_leaves_its_events_staged_and_a_new_connection_loads_them_once(tmp_path, monkeypatch):
+    settings = make_settings(tmp_path, collect_dir=tmp_path / "stage", collect_flush_seconds=0.2)
+    connections, attempts = [], []
+
+    def connect(settings):
+        connections.append(connect_log(settings))
+        return connections[-1]
+
+    def load_or_fail_once(raw_log, *args, **kwargs):
+        attempts.append(raw_log)
+        if len(attempts) == 1:
+            raise WarehouseError("the warehouse is away")
+        return load_source(raw_log, *args, **kwargs)
+
+    monkeypatch.setattr(flush, "connect_log", connect)
+    monkeypatch.setattr(flush, "load_source", load_or_fail_once)
+    with TestClient(create_collector(settings)) as client:
+        assert client.post("/events", json={"events": [event(n) for n in range(5)]}).json()["accepted"] == 5
+        wait_until_loaded(client)
+        assert client.post("/events", json={"events": [event(n) for n in range(5, 8)]}).json()["accepted"] == 3
+        wait_until_loaded(client)
+        metrics = client.get("/metrics").text
+    assert 'postmodern_collector_loads_total{outcome="failed"} 1.0' in metrics
+    assert 'postmodern_collector_loads_total{outcome="loaded"} 2.0' in metrics
+    # the failed load's connection was dropped; the next one made both loads
+    assert len(connections) == 2 and attempts == [connections[0], connections[1], connections[1]]
+    timestamps = sorted(json.loads(row["raw_data"])["server_timestamp_epoch_ms"] for row in log_rows(settings))
+    assert timestamps == [T0 + n for n in range(8)]
 
 
 def test_a_shop_page_may_post_events_from_an_allowed_origin_only(tmp_path):

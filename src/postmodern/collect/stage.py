@@ -50,6 +50,16 @@ class Verdict:
     rejected: list[dict] = field(default_factory=list)  # {"index", "event_id", "reason"}
 
 
+@dataclass
+class Checked:
+    """A group's events as checked, in order: their ids, their lines as staged, their reasons to be refused (None:
+    accepted)."""
+
+    ids: list
+    lines: list[bytes]
+    reasons: list[str | None]
+
+
 class StageFull(RuntimeError):
     """The stage holds as many events as it may until a load makes room; try again after `retry_after` s."""
 
@@ -229,22 +239,13 @@ class EventStage:
                     self.waiting -= sum(len(events) for events, _ in group)
 
     def _write(self, group: list[tuple[list, Future]]) -> list[Verdict]:
-        events = [event for request, _ in group for event in request]
-        checked = iter(self.check(events))
-        lines, verdicts, accepted_ids = [], [], set()
-        for request, _ in group:
-            verdict = Verdict()
-            for index, (event_id, line, reason) in enumerate(next(checked) for _ in request):
-                if reason is None and (event_id in self.seen or event_id in accepted_ids):
-                    verdict.duplicates += 1
-                    continue
-                lines.append(line)
-                if reason is None:
-                    verdict.accepted += 1
-                    accepted_ids.add(event_id)
-                else:
-                    verdict.rejected.append({"index": index, "event_id": event_id, "reason": reason})
-            verdicts.append(verdict)
+        checked = self.check([event for request, _ in group for event in request])
+        accepted_ids = set(checked.ids)
+        if checked.reasons.count(None) == len(checked.ids) == len(accepted_ids) and self.seen.isdisjoint(accepted_ids):
+            # the usual group: every event accepted, none seen before
+            lines, verdicts = checked.lines, [Verdict(accepted=len(request)) for request, _ in group]
+        else:
+            lines, verdicts, accepted_ids = self._sort_out(group, checked)
         if lines:
             with self.lock:
                 if not self.open.events:
@@ -258,7 +259,29 @@ class EventStage:
                 self.seal()
         return verdicts
 
-    def check(self, events: list) -> list[tuple[object, bytes, str | None]]:
+    def _sort_out(self, group: list[tuple[list, Future]], checked: Checked) -> tuple[list, list, set]:
+        """A group with refused events or duplicates: each request's verdict, the lines to stage (not the
+        duplicates'), and the ids accepted."""
+        lines, verdicts, accepted_ids = [], [], set()
+        position = 0
+        for request, _ in group:
+            verdict = Verdict()
+            for index in range(len(request)):
+                event_id, reason = checked.ids[position + index], checked.reasons[position + index]
+                if reason is None and (event_id in self.seen or event_id in accepted_ids):
+                    verdict.duplicates += 1
+                    continue
+                lines.append(checked.lines[position + index])
+                if reason is None:
+                    verdict.accepted += 1
+                    accepted_ids.add(event_id)
+                else:
+                    verdict.rejected.append({"index": index, "event_id": event_id, "reason": reason})
+            position += len(request)
+            verdicts.append(verdict)
+        return lines, verdicts, accepted_ids
+
+    def check(self, events: list) -> Checked:
         """Each event's id, its line as staged, and its reason to be refused or None: the collector's own (an
         object with an event id, fields of text), then the loader's rules, run by DuckDB over the group, which also
         writes the lines of the events it checks. The group's fields go to DuckDB a column at a time (pyarrow
@@ -266,8 +289,10 @@ class EventStage:
         that are not text) is converted value by value, and an event refused there is staged by Python."""
         reasons = [own_reason(event) for event in events]
         objects = [event if type(event) is dict else {} for event in events]
-        columns = {"event_id": [event.get("event_id") if reason is None else None for event, reason in zip(
-            objects, reasons, strict=True)]}  # fmt: skip
+        ids = [event.get("event_id") for event in objects]
+        columns = {
+            "event_id": [event_id if reason is None else None for event_id, reason in zip(ids, reasons, strict=True)]
+        }
         columns.update((name, [event.get(name) for event in objects]) for name in EVENT_FIELDS)
         arrays = {}
         for name, values in columns.items():
@@ -282,15 +307,16 @@ class EventStage:
                 arrays[name] = pa.array(values, pa.string())
         self.checker.register("batch", pa.table(arrays))
         ruled = self.checker.execute(
-            f"select collector_reason, to_json(event) from (select *, {event_reason_sql()} as collector_reason "
-            "from batch) event"
+            f"select collector_reason, encode(to_json(event) || chr(10)) from (select *, {event_reason_sql()} "
+            "as collector_reason from batch) event"
         ).fetchall()
-        return [
-            (staged.get("event_id"), staged_line(event, reason), reason)
-            if reason is not None
-            else (staged.get("event_id"), line.encode() + b"\n", rule)
-            for event, staged, reason, (rule, line) in zip(events, objects, reasons, ruled, strict=True)
-        ]
+        rules, lines = (list(column) for column in zip(*ruled, strict=True)) if ruled else ([], [])
+        for index, reason in enumerate(reasons):
+            if reason is None:
+                reasons[index] = rules[index]
+            else:  # refused before DuckDB's rules: staged as it came
+                lines[index] = staged_line(events[index], reason)
+        return Checked(ids, lines, reasons)
 
     def close(self) -> None:
         with self.lock:
@@ -310,12 +336,12 @@ def own_reason(event: object) -> str | None:
 def text_array(values: list) -> pa.Array | None:
     """A column of text or of whole numbers (as digits) as a pyarrow string array, converted at once; None for any
     other column (a float, a bool, a list or a mix among its values)."""
-    if all(type(value) is int or value is None for value in values):
-        values = [None if value is None else str(value) for value in values]
     try:
         return pa.array(values, pa.string())
     except pa.ArrowException:
-        return None
+        if not all(type(value) is int or value is None for value in values):
+            return None
+    return pa.array([None if value is None else str(value) for value in values], pa.string())
 
 
 def staged_line(event: object, reason: str) -> bytes:
