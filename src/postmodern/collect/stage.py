@@ -305,7 +305,9 @@ class EventStage:
                         reasons[index] = reasons[index] or str(error)
                         values[index] = None
                 arrays[name] = pa.array(values, pa.string())
-        self.checker.register("batch", pa.table(arrays))
+        # DuckDB reads the table from this local variable, named in the query: registering it would cost the query
+        # a view's creation (1.3 ms of a group's 9 here)
+        batch = pa.table(arrays)  # noqa: F841
         ruled = self.checker.execute(
             f"select collector_reason, encode(to_json(event) || chr(10)) from (select *, {event_reason_sql()} "
             "as collector_reason from batch) event"
