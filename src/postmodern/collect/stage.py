@@ -101,6 +101,9 @@ class EventStage:
         self.lock = threading.Lock()  # the open segment, the sealed list and the counters
         self.requests: queue.Queue = queue.Queue()
         self.checker = duckdb.connect(config={"threads": 1})  # small groups: threads only add their start-up
+        # The check is one projection of a table in memory: DuckDB's optimizer has nothing to gain there and costs a
+        # group 1.3 ms (of 6.7 for 600 events)
+        self.checker.execute("pragma disable_optimizer")
         self.check([])  # DuckDB's first query costs 150 ms: not in a shopper's request
         self.seen: set[str] = set()
         self.sealed: list[Segment] = []
