@@ -316,12 +316,11 @@ class EventStage:
             "as collector_reason from batch) event"
         ).fetchall()
         rules, lines = (list(column) for column in zip(*ruled, strict=True)) if ruled else ([], [])
-        for index, reason in enumerate(reasons):
-            if reason is None:
-                reasons[index] = rules[index]
-            else:  # refused before DuckDB's rules: staged as it came
-                lines[index] = staged_line(events[index], reason)
-        return Checked(ids, lines, reasons)
+        if reasons.count(None) < len(reasons):  # some refused before DuckDB's rules: staged as they came
+            for index, reason in enumerate(reasons):
+                if reason is not None:
+                    rules[index], lines[index] = reason, staged_line(events[index], reason)
+        return Checked(ids, lines, rules)
 
     def close(self) -> None:
         with self.lock:
