@@ -5,7 +5,8 @@
 FROM python:3.11-slim
 
 # constraints.txt pins the CPU build of torch (2.13.0+cpu): pass PyTorch's CPU wheel index here.
-# SageMaker replaces the container to change the model: nothing to watch in /opt/ml/model.
+# SageMaker replaces the container to change the model: nothing to watch in /opt/ml/model. One server process
+# per CPU of the instance (SERVING_WORKERS overrides), each with its own copy of the model.
 ARG PIP_EXTRA_INDEX_URL=""
 ENV PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL} \
     PYTHONUNBUFFERED=1 \
@@ -15,7 +16,7 @@ WORKDIR /opt/program
 COPY pyproject.toml constraints.txt README.md ./
 COPY src ./src
 RUN pip install --no-cache-dir -c constraints.txt . \
- && printf '#!/bin/sh\nexec postmodern serve --host 0.0.0.0 --port 8080 --model /opt/ml/model\n' > /usr/local/bin/serve \
+ && printf '#!/bin/sh\nexec postmodern serve --host 0.0.0.0 --port 8080 --model /opt/ml/model --workers "${SERVING_WORKERS:-$(nproc)}"\n' > /usr/local/bin/serve \
  && chmod +x /usr/local/bin/serve
 
 EXPOSE 8080

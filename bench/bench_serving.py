@@ -21,7 +21,8 @@ would hide queueing). First `--rate` for `--seconds`, `--repeats` times (each fi
 and each run's p99 beside it: this machine's speed drifts within minutes), then rising rates for a shorter
 time each, up to the first that misses p99 < 50 ms, has an error, or falls 5% behind its schedule (or, if
 `--rate` already misses, falling rates down to the first that holds): the highest rate that held is the
-maximum sustainable rate. wrk and the server share this machine's two cores.
+maximum sustainable rate. wrk and the server share this machine's two cores; the server runs one worker
+process per CPU (`--workers`), as a deployment sets `SERVING_WORKERS`.
 
 Before the load, the served ranking is compared with the exact one on 5,000 test cases (`ranking_recall`: the
 share of the exact top 20 served, and HR@20 / MRR@20 of both), since a serving pass at a large catalogue is ranked
@@ -240,16 +241,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(workdir: Path, family_name: str, port: int, cache: bool = True) -> subprocess.Popen:
+def start_server(workdir: Path, family_name: str, port: int, workers: int, cache: bool = True) -> subprocess.Popen:
     env = bench_env(workdir, family_name) | ({} if cache else {"SERVING_CACHE_PREFIXES": "0"})
-    return start_cli("serve", port, env, workdir / "server.log")
+    server = start_cli("serve", port, env, workdir / "server.log", "--workers", str(workers))
+    # each worker loads the model: wait until a run of new connections (any worker's) all find one ready
+    deadline = time.monotonic() + 120
+    while sum(httpx.get(f"http://127.0.0.1:{port}/ping", timeout=10).status_code == 200 for _ in range(20)) < 20:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"a worker did not become ready: see {workdir / 'server.log'}")
+        time.sleep(0.5)
+    return server
 
 
-def start_cli(command: str, port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    """`postmodern <command> --port <port>`, once its /ping answers; its output appended to `log_path`."""
+def start_cli(command: str, port: int, env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen:
+    """`postmodern <command> --port <port> <args>`, once its /ping answers; its output appended to `log_path`."""
     log = log_path.open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "postmodern.cli", command, "--port", str(port)],
+        [sys.executable, "-m", "postmodern.cli", command, "--port", str(port), *args],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -266,9 +274,14 @@ def start_cli(command: str, port: int, env: dict[str, str], log_path: Path) -> s
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and of the processes it started (a server's workers), Linux /proc;
+    0 for a process that has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") + sum(cpu_seconds(int(c)) for c in children)
 
 
 def stolen_cpu_seconds() -> float:
@@ -355,6 +368,8 @@ def main() -> None:
                         help="training sessions the LSTM's one epoch reads (default 20,000)")  # fmt: skip
     parser.add_argument("--workdir", type=Path, help="keep data, model and request bodies here (default: temporary)")
     parser.add_argument("--no-cache", action="store_true", help="serve without the cache of recent rankings")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="server processes (`serve --workers`; default: one per CPU, as deployed)")  # fmt: skip
     args = parser.parse_args()
     target_rate, target_p99_ms = TARGETS.get(args.profile, (1000, 10.0))
     args.rate = args.rate or target_rate
@@ -380,7 +395,7 @@ def main() -> None:
         cache = not args.no_cache and len(stream.lines) >= args.rate * (5 * args.scale + args.repeats * main_seconds)
         if not cache and not args.no_cache:
             print(f"{len(stream.lines):,} distinct requests are too few for these runs: serving without the cache")
-        server = start_server(workdir, args.family, port, cache=cache)
+        server = start_server(workdir, args.family, port, args.workers, cache=cache)
 
         def send(rate: int, seconds: float, measured: bool = True) -> dict:
             bodies = stream.next_bodies(rate, seconds)
@@ -416,6 +431,7 @@ def main() -> None:
             {
                 "bench": "serving",
                 **prepared,
+                "server_workers": args.workers,
                 "load_generator": f"wrk, {CONNECTIONS} connections, constant rate (wrk_paced.lua)",
                 "rate_rps": args.rate,
                 "main_runs": len(main_runs),

@@ -5,7 +5,9 @@ here, and the endpoint state transitions (updating, failed) are played by a reco
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -237,7 +239,20 @@ def test_the_container_serves_the_contract_from_opt_ml_model():
     from postmodern.cli import build_parser
 
     dockerfile = (Path(__file__).parents[1] / "Dockerfile").read_text()
-    command = re.search(r"exec (postmodern serve [^\\]+)\\n", dockerfile).group(1).split()
-    args = build_parser().parse_args(command[1:])
+    command = re.search(r"exec (postmodern serve [^\\]+)\\n", dockerfile).group(1)
+
+    def parsed_as_the_shell_runs_it(environment: dict[str, str]):
+        words = subprocess.run(
+            ["sh", "-c", f'for word in {command}; do echo "$word"; done'],
+            env={"PATH": os.environ["PATH"], **environment},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        return build_parser().parse_args(words[1:])
+
+    args = parsed_as_the_shell_runs_it({})
     assert (args.command, args.host, args.port, str(args.model)) == ("serve", "0.0.0.0", 8080, "/opt/ml/model")
+    assert args.workers == len(os.sched_getaffinity(0))  # one per CPU of the instance
+    assert parsed_as_the_shell_runs_it({"SERVING_WORKERS": "3"}).workers == 3
     assert "EXPOSE 8080" in dockerfile and 'CMD ["serve"]' in dockerfile

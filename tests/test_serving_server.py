@@ -9,6 +9,7 @@ import random
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -290,3 +291,61 @@ def test_every_family_answers_the_same_contract_and_hot_swaps_fail_no_request(tm
         assert_every_answer_came_whole_from_the_model_it_names(traffic, versions)
     finally:
         server.stop()
+
+
+def worker_processes(pid: int) -> list[int]:
+    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+    children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+def fresh_ping(base_url: str) -> str | None:
+    """The version that one new connection's /ping names (a new connection may reach any worker)."""
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        answer = client.get("/ping")
+    return answer.json().get("model_version") if answer.status_code == 200 else None
+
+
+def test_workers_share_the_port_the_metrics_and_every_hot_swap(tmp_path):
+    """`serve --workers 2`: two processes answer on one port; POST /reload (which one worker answers) and SIGHUP (to
+    the supervisor) swap every worker with no failed request; every scrape of /metrics counts the whole group."""
+    registry = tmp_path / "registry"
+    publish_small_bundle(registry, "k1", SKUS)
+    env = {**os.environ, "REGISTRY_DIR": str(registry), "SERVING_RELOAD_SECONDS": "0", "SERVING_API_KEY": ""}
+    server = ServerProcess(tmp_path, env, "--workers", "2")
+    try:
+        workers = worker_processes(server.process.pid)
+        assert len(workers) == 2
+        metrics_dir = dict(
+            entry.split("=", 1) for entry in Path(f"/proc/{workers[0]}/environ").read_text().split("\0") if "=" in entry
+        )["PROMETHEUS_MULTIPROC_DIR"]
+        wait_for(lambda: all(fresh_ping(server.base_url) == "k1" for _ in range(10)), "both workers ready")
+        with Traffic(server.base_url, {}) as traffic:
+            wait_for(lambda: traffic.count() > 50, "traffic on the first model")
+            publish_small_bundle(registry, "k2", VOCABULARIES["new"])
+            assert httpx.post(f"{server.base_url}/reload").json() == {"model_version": "k2", "changed": True}
+            wait_for(lambda: all(fresh_ping(server.base_url) == "k2" for _ in range(20)), "every worker on k2")
+            swapped_at = traffic.count()
+            wait_for(lambda: traffic.count() > swapped_at + 50, "traffic on the second model")
+            publish_small_bundle(registry, "k3", VOCABULARIES["newer"])
+            server.signal()
+            wait_for(lambda: all(fresh_ping(server.base_url) == "k3" for _ in range(20)), "every worker on k3")
+            swapped_at = traffic.count()
+            wait_for(lambda: traffic.count() > swapped_at + 50, "traffic on the third model")
+        assert_every_answer_came_whole_from_the_model_it_names(traffic, {"k1": "sku", "k2": "new", "k3": "newer"})
+        assert worker_processes(server.process.pid) == workers  # swapped in place, not restarted
+
+        def invocations_counted() -> float:
+            text = httpx.get(f"{server.base_url}/metrics").text  # a new connection: any worker
+            assert 'version="k3"} 1.0' in text and "postmodern_ready 1.0" in text
+            return sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("postmodern_requests_total{") and 'route="/invocations"' in line
+            )
+
+        assert {invocations_counted() for _ in range(10)} == {float(traffic.count())}
+    finally:
+        server.stop()
+    assert all(not os.path.exists(f"/proc/{pid}") for pid in workers)
+    assert not os.path.exists(metrics_dir)

@@ -58,6 +58,7 @@ def _serve(args: argparse.Namespace) -> None:
     from postmodern.config import load_settings
     from postmodern.serving.app import ServingConfig, create_app
     from postmodern.serving.registry import bundle_version, resolve_model_source
+    from postmodern.serving.workers import serve_in_workers
 
     settings = load_settings()
     source = resolve_model_source(args.model, settings.registry_dir)
@@ -65,14 +66,22 @@ def _serve(args: argparse.Namespace) -> None:
     config = ServingConfig.from_settings(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     watching = f"every {config.reload_seconds:g} s, " if config.reload_seconds else ""
+    workers = args.workers if args.workers is not None else settings.serving_workers
+    if workers < 1:
+        raise SystemExit(f"--workers must be 1 or more, not {workers}")
     print(
-        f"serving {source} (model {version}) on http://{args.host}:{args.port}\n"
+        f"serving {source} (model {version}) on http://{args.host}:{args.port}"
+        f"{f' in {workers} worker processes' if workers > 1 else ''}\n"
         f"  API key: {'required in X-API-Key' if config.api_key else 'off (set SERVING_API_KEY to require one)'}\n"
         f"  new bundles are picked up {watching}on SIGHUP and on POST /reload; docs at /docs",
         flush=True,
     )
+    if workers > 1:
+        serve_in_workers(args.model, args.host, args.port, workers)
+        return
     # uvicorn picks uvloop and httptools (both pinned) when they are installed. No access log, and no
-    # X-Forwarded-For rewriting: the app never reads the client's address, and both cost time per request.
+    # X-Forwarded-For rewriting: the app never reads the client's address, and both cost time per request
+    # (serve_in_workers does the same).
     uvicorn.run(
         create_app(source, config),
         host=args.host,
@@ -197,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080, as SageMaker expects)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes on the port, each with its own copy of the model: one per core ranks on every core "
+        "(default: SERVING_WORKERS, 1)",
+    )
     serve.set_defaults(run=_serve)
 
     collect = commands.add_parser(

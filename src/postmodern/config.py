@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     serving_max_sku_length: int = Field(default=MAX_FIELD_LENGTH, ge=1)  # characters in one SKU
     serving_reload_seconds: float = Field(default=2.0, ge=0)  # how often to look for a new bundle; 0: never
     serving_cache_prefixes: int = Field(default=50_000, ge=0)  # recent prefixes whose rankings are reused; 0: none
+    serving_workers: int = Field(default=1, ge=1)  # server processes on the port (`serve --workers`): one per core
 
     # Collecting events one by one (`postmodern collect`)
     collect_dir: Path = Path("data/collect")  # the stage: a write-ahead log of acknowledged events

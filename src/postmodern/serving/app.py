@@ -5,6 +5,7 @@
     POST /invocations           a batch of sessions in, SKUs out (the SageMaker route)
     GET  /recommend             one session from the query string, for a quick look
     POST /reload                serve the newest bundle now (also: SIGHUP, and a poll every few seconds)
+                                (with several workers, all of them: see serving/workers.py)
     GET  /demo                  a shop page that shows the recommender at work (serving/demo.py)
     GET  /metrics               Prometheus metrics
     GET  /openapi.json, /docs   the spec and its pages
@@ -41,6 +42,7 @@ from postmodern.serving.demo import add_demo
 from postmodern.serving.metrics import RequestMetricsMiddleware, ServingMetrics
 from postmodern.serving.registry import ModelSource
 from postmodern.serving.served_model import ServedModel
+from postmodern.serving.workers import tell_the_other_workers_to_reload
 
 API_KEY_HEADER = "X-API-Key"
 API_KEY_SCHEME = "APIKeyHeader"  # its name in the OpenAPI spec
@@ -408,6 +410,7 @@ def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig
         except BundleError as error:
             still = f"; still serving {served.version}" if served.version else ""
             raise HTTPException(409, f"{error}{still}") from None
+        tell_the_other_workers_to_reload()  # with --workers: the others swap too, in a moment
         return Reloaded(model_version=served.version, changed=changed)
 
     add_demo(app, ready_recommender, config, auth)

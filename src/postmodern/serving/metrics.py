@@ -1,13 +1,17 @@
 """Prometheus metrics of the endpoint: requests, latency, the model served, reloads, fallbacks, cached rankings.
 
-Each app has its own collector registry, so two apps in one process (tests) never mix their counts.
+Each app has its own collector registry, so two apps in one process (tests) never mix their counts. Under
+`postmodern serve --workers N` (see `workers.py`) each worker writes its values to files that any worker sums when
+it is scraped (prometheus_client's multiprocess mode): one server's figures, whichever worker answers.
 """
 
 from __future__ import annotations
 
+import os
 from time import perf_counter
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -33,8 +37,20 @@ class ServingMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.model = Info("postmodern_model", "The model version being served, and its family.", registry=self.registry)
-        self.ready = Gauge("postmodern_ready", "1 while a model is loaded and served.", registry=self.registry)
+        # A gauge, not an Info (which has no multiprocess mode): 1 for what a worker serves, 0 for what it served
+        self.model = Gauge(
+            "postmodern_model_info",
+            "1 for the model version being served (and its family); 0 for one served before.",
+            ["family", "version"],
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "postmodern_ready",
+            "1 while a model is loaded and served (by every worker).",
+            multiprocess_mode="livemin",
+            registry=self.registry,
+        )
         self.reloads = Counter(
             "postmodern_model_reloads", "Attempts to load a model, by outcome.", ["outcome"], registry=self.registry
         )
@@ -53,11 +69,15 @@ class ServingMetrics:
         # labelled once: `labels()` takes a lock and builds a key on every call, and this runs per request
         self._ranked_by_model = self.sessions.labels("model")
         self._ranked_by_fallback = self.sessions.labels("fallback")
+        self._served: tuple[str, str] | None = None
 
     def record_reload(self, outcome: str, version: str | None, family: str | None = None) -> None:
         self.reloads.labels(outcome).inc()
         if version is not None:
-            self.model.info({"version": version, "family": family or "unknown"})
+            if self._served is not None:
+                self.model.labels(*self._served).set(0)
+            self._served = (family or "unknown", version)
+            self.model.labels(*self._served).set(1)
             self.ready.set(1)
 
     def record_sessions(self, ranked_by_model: int, fallbacks: int, unknown_skus: int, cached: int = 0) -> None:
@@ -71,7 +91,12 @@ class ServingMetrics:
             self.cached.inc(cached)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        workers = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not workers:
+            return generate_latest(self.registry)
+        every_worker = CollectorRegistry()
+        MultiProcessCollector(every_worker, workers)
+        return generate_latest(every_worker)
 
 
 class RequestMetricsMiddleware:
