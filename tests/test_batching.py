@@ -1,5 +1,5 @@
-"""Requests that wait together are ranked in one pass on the ranking thread, and each gets what it would have got
-alone."""
+"""Requests that wait together are ranked in one pass on the ranking thread (or, in a worker process, on the event
+loop's), and each gets what it would have got alone."""
 
 import asyncio
 import threading
@@ -123,6 +123,37 @@ def test_requests_that_arrive_while_a_pass_ranks_wait_and_are_ranked_in_the_next
     answers = asyncio.run(while_busy())
     assert [len(sessions) for sessions, *_ in recommender.passes] == [1, 3]
     assert_as_if_alone(answers, [alone(recommender, [[sku]], 3, False) for sku in ("sku1", "sku2", "sku3", "sku4")])
+
+
+def test_in_a_worker_process_a_pass_is_ranked_on_the_event_loop_and_what_arrives_meanwhile_makes_the_next():
+    """With several worker processes a pass is ranked on the event loop's own thread; the requests read while it ranks
+    (here: made by the pass itself) wait, and are ranked together in the next pass, each as if alone."""
+    recommender, threads = CountingRecommender("v1"), torch.get_num_threads()
+    ranked_alone = recommender.recommend
+    later = []
+
+    async def busy():
+        batching = BatchedRanking(on_event_loop=True)
+
+        def rank_while_requests_arrive(sessions, k, exclude_seen=False):
+            if not later:
+                later.extend(
+                    asyncio.ensure_future(batching.rank(recommender, [[sku]], 3, False)) for sku in ("sku2", "sku3")
+                )
+            return ranked_alone(sessions, k, exclude_seen)
+
+        recommender.recommend = rank_while_requests_arrive
+        first = await batching.rank(recommender, [["sku1"]], 3, False)
+        return [first, *await asyncio.gather(*later)]
+
+    try:
+        answers = asyncio.run(busy())
+        assert set(recommender.torch_threads) == {1}
+    finally:
+        torch.set_num_threads(threads)
+    assert [len(sessions) for sessions, *_ in recommender.passes] == [1, 2]
+    assert {thread for *_, thread in recommender.passes} == {threading.main_thread().name}
+    assert_as_if_alone(answers, [alone(recommender, [[sku]], 3, False) for sku in ("sku1", "sku2", "sku3")])
 
 
 def test_a_large_request_is_ranked_alone_in_a_thread_and_holds_up_no_small_one():

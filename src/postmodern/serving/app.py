@@ -61,6 +61,7 @@ class ServingConfig:
     max_sku_length: int = MAX_FIELD_LENGTH
     reload_seconds: float = 2.0
     cache_prefixes: int = 50_000  # recent prefixes whose rankings are reused (see RankingCache)
+    workers: int = 1  # the server's processes: with several, each ranks on its event loop (see BatchedRanking)
     api_key: SecretStr | None = None
     collector_url: str = ""  # where the demo page posts its events
 
@@ -74,6 +75,7 @@ class ServingConfig:
             max_sku_length=settings.serving_max_sku_length,
             reload_seconds=settings.serving_reload_seconds,
             cache_prefixes=settings.serving_cache_prefixes,
+            workers=settings.serving_workers,
             api_key=settings.serving_api_key,
             collector_url=settings.demo_collector_url,
         )
@@ -301,7 +303,7 @@ def create_app(source: ModelSource | Path, config: ServingConfig = ServingConfig
             raise HTTPException(503, served.last_error or "the model is still loading")
         return recommender
 
-    batched = BatchedRanking(RANKED_ALONE_MIN_SESSIONS)
+    batched = BatchedRanking(RANKED_ALONE_MIN_SESSIONS, on_event_loop=config.workers > 1)
 
     async def rank(
         recommender: SessionRecommender, sessions: list[list[str]], k: int, exclude_seen: bool

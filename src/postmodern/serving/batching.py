@@ -7,6 +7,12 @@ one ranks larger passes that cost far less per session (one LSTM pass over the b
 catalogue): the passes grow with the load, and the queue drains. The loop and the ranking run on two cores:
 NumPy's products and element-wise loops let go of the interpreter lock while they work.
 
+A server of several worker processes (`serving/workers.py`) has a core per worker already: there each pass is
+ranked on the event loop's own thread (`on_event_loop`), and the requests that arrive meanwhile wait in the socket
+and make the next pass. No hand-over between threads, no wait for the interpreter lock between the two: at 1,000
+requests/s on two cores with two workers, p99 5.8 against 8.1 ms (the blend at 57,102 items), and 3.3 against 5.8
+ms at 2,000/s (the LSTM at 4,701 items), medians of interleaved 15-s runs.
+
 A request of more than `alone_min_sessions` sessions is ranked alone in another thread, so that it holds up
 no small one. A small request with nothing to rank (its sessions' rankings cached, or no SKU known) is answered at
 once, when the model keeps a cache.
@@ -65,8 +71,11 @@ def _rank_passes(passes: list[_Pass]) -> list[list[Recommendation] | BaseExcepti
 
 
 class BatchedRanking:
-    def __init__(self, alone_min_sessions: int = 64) -> None:
+    def __init__(self, alone_min_sessions: int = 64, on_event_loop: bool = False) -> None:
         self.alone_min_sessions = alone_min_sessions
+        self.on_event_loop = on_event_loop
+        if on_event_loop:
+            _rank_on_this_thread_alone()  # created on the event loop's thread
         self._waiting: dict[tuple[int, bool], _Pass] = {}
         self._ranking = False  # a pass is on the ranking thread, or about to be
         self._thread: ThreadPoolExecutor | None = None
@@ -98,6 +107,11 @@ class BatchedRanking:
         passes, self._waiting = list(self._waiting.values()), {}
         if not passes:
             self._ranking = False
+            return
+        if self.on_event_loop:
+            for batch, results in zip(passes, _rank_passes(passes), strict=True):
+                batch.deliver(results)
+            self._ranking = False  # what arrives meanwhile is read after this, and starts the next pass
             return
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, "ranking", initializer=_rank_on_this_thread_alone)
