@@ -14,6 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from postmodern.serving.workers import METRICS_DIR
+
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Fine below 10 ms, where a healthy endpoint answers, coarse above.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -91,7 +93,7 @@ class ServingMetrics:
             self.cached.inc(cached)
 
     def exposition(self) -> bytes:
-        workers = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        workers = os.environ.get(METRICS_DIR)
         if not workers:
             return generate_latest(self.registry)
         every_worker = CollectorRegistry()
