@@ -345,6 +345,13 @@ def test_workers_share_the_port_the_metrics_and_every_hot_swap(tmp_path):
             )
 
         assert {invocations_counted() for _ in range(10)} == {float(traffic.count())}
+        for _ in range(10):  # new connections: whichever worker answers, `exclude_seen` and the fallback hold
+            body = httpx.post(
+                f"{server.base_url}/invocations",
+                json={"sessions": [["newer1", "newer2"], ["nope"]], "k": 3, "exclude_seen": True},
+            ).json()
+            assert [item["sku"] for item in body["recommendations"][0]] == ["newer3"]
+            assert body["fallback"] == [False, True] and body["unknown_skus"] == [[], ["nope"]]
     finally:
         server.stop()
     assert all(not os.path.exists(f"/proc/{pid}") for pid in workers)
