@@ -58,7 +58,7 @@ def _serve(args: argparse.Namespace) -> None:
     from postmodern.config import load_settings
     from postmodern.serving.app import ServingConfig, create_app
     from postmodern.serving.registry import bundle_version, resolve_model_source
-    from postmodern.serving.workers import serve_in_workers
+    from postmodern.serving.workers import UVICORN_OPTIONS, serve_in_workers
 
     settings = load_settings()
     source = resolve_model_source(args.model, settings.registry_dir)
@@ -79,17 +79,7 @@ def _serve(args: argparse.Namespace) -> None:
     if workers > 1:
         serve_in_workers(args.model, args.host, args.port, workers)
         return
-    # uvicorn picks uvloop and httptools (both pinned) when they are installed. No access log, and no
-    # X-Forwarded-For rewriting: the app never reads the client's address, and both cost time per request
-    # (serve_in_workers does the same).
-    uvicorn.run(
-        create_app(source, config),
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        proxy_headers=False,
-    )
+    uvicorn.run(create_app(source, config), host=args.host, port=args.port, **UVICORN_OPTIONS)
 
 
 def _collect(args: argparse.Namespace) -> None:
